@@ -1,0 +1,41 @@
+"""tether: a runtime for LLM agent workflows with bounded autonomy.
+
+The public API. Everything not named here may change between versions.
+"""
+
+from tether.errors import (
+    ApprovalError,
+    InvalidArguments,
+    LedgerError,
+    NonDeterminismError,
+    PolicyError,
+    RunNotFound,
+    StoreError,
+    TetherError,
+    ToolError,
+    UnknownTool,
+    WorkflowError,
+)
+from tether.guardrails.approvals import ApprovalInbox, ApprovalRequest
+from tether.guardrails.policy import Decision, PolicySet
+from tether.models.base import Choice, DecisionRequest, Model, Usage
+from tether.models.offline import TextClassifier
+from tether.orchestration.context import RunContext
+from tether.orchestration.runtime import RunResult, Runtime
+from tether.orchestration.workflow import End, Next, Workflow
+from tether.orchestration.workflow import load as load_workflow
+from tether.record.db import Database
+from tether.record.ledger import Ledger, LedgerEntry, VerifyReport
+from tether.tools.calls import ToolCall, ToolResult
+from tether.tools.proxy import ToolProxy
+from tether.tools.registry import ToolRegistry
+from tether.tools.tool import Args, Grant, Tool, ToolContext, tool
+
+__all__ = [
+    "ApprovalError", "ApprovalInbox", "ApprovalRequest", "Args", "Choice", "Database", "Decision",
+    "DecisionRequest", "End", "Grant", "InvalidArguments", "Ledger", "LedgerEntry", "LedgerError", "Model",
+    "Next", "NonDeterminismError", "PolicyError", "PolicySet", "RunContext", "RunNotFound", "RunResult",
+    "Runtime", "StoreError", "TetherError", "TextClassifier", "Tool", "ToolCall", "ToolContext", "ToolError",
+    "ToolProxy", "ToolRegistry", "ToolResult", "UnknownTool", "Usage", "VerifyReport", "Workflow",
+    "WorkflowError", "load_workflow", "tool",
+]  # fmt: skip

@@ -1,0 +1,141 @@
+"""`tether run` and `tether runs [show RUN] [stats]`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import click
+
+from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db, parse_json_object
+from tether.guardrails.policy import PolicySet
+from tether.orchestration.runtime import Runtime, default_user
+from tether.orchestration.workflow import load
+from tether.record import runs as store
+
+
+def result_line(r: Any) -> str:
+    extra = f" approval {r.approval_id}" if r.approval_id else ""
+    why = f" ({r.error})" if r.error else ""
+    return f"{r.run_id} {r.status} {r.outcome or ''} after {r.steps} steps{extra}{why}".replace("  ", " ")
+
+
+@click.command()
+@click.argument("workflow_ref", metavar="WORKFLOW")
+@click.option("--input", "input_json", required=True, help="The run's input as a JSON object.")
+@click.option("--as", "user", default=None, help="Who starts the run (default: your login name).")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--policies", "policy_file", type=click.Path(dir_okay=False), help="Use this policy file instead of the workflow's.")
+@db_option
+@json_option
+@one_line_errors
+def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, policy_file: str | None,
+        db_url: str | None, as_json: bool) -> None:  # fmt: skip
+    """Start one run of WORKFLOW (a registered name or module:attribute)."""
+    wf = load(workflow_ref)
+    data = parse_json_object(input_json, "--input")
+    wf.parse_input(data)  # bad input fails before the database is touched
+    policy = PolicySet.load(policy_file) if policy_file else None
+    runtime = Runtime(open_db(db_url, create=True), policy=policy)
+    try:
+        r = runtime.start(wf, data, started_by=user or default_user(), tenant=tenant)
+    finally:
+        runtime.close()
+    if as_json:
+        echo_json(r.__dict__)
+    else:
+        click.echo(result_line(r))
+
+
+@click.group(invoke_without_command=True)
+@click.option("--status", default=None, help="Only runs with this status.")
+@click.option("--workflow", default=None, help="Only runs of this workflow.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@db_option
+@json_option
+@click.pass_context
+@one_line_errors
+def runs(ctx: click.Context, status: str | None, workflow: str | None, limit: int, db_url: str | None,
+         as_json: bool) -> None:  # fmt: skip
+    """List runs, newest first."""
+    if ctx.invoked_subcommand:
+        return
+    with open_db(db_url).read() as conn:
+        rows = store.list_runs(conn, status=status, workflow=workflow, limit=limit)
+    cols = ("id", "workflow", "status", "outcome", "steps", "started_by", "created_at")
+    if as_json:
+        echo_json([{c: getattr(r, c) for c in cols} for r in rows])
+        return
+    for r in rows:
+        click.echo(f"{r.id}  {r.created_at[:19]}  {r.workflow:<16} {r.status:<17} {r.steps:>2} steps  {r.outcome or ''}")
+
+
+@runs.command()
+@click.argument("run_id", metavar="RUN")
+@db_option
+@json_option
+@one_line_errors
+def show(run_id: str, db_url: str | None, as_json: bool) -> None:
+    """One run: its input, status and every recorded step."""
+    with open_db(db_url).read() as conn:
+        row = store.get_run(conn, run_id)
+        events = store.load_events(conn, run_id)
+    head = {c: getattr(row, c) for c in ("id", "workflow", "workflow_version", "status", "outcome", "error", "steps",
+                                         "started_by", "tenant", "policy_hash", "created_at", "updated_at", "input")}  # fmt: skip
+    if as_json:
+        echo_json({**head, "events": [e.__dict__ for e in events]})
+        return
+    for k, v in head.items():
+        click.echo(f"{k:>16}: {v}")
+    click.echo("")
+    for e in events:
+        click.echo(f"  {e.seq:>3} step {e.step:>2} {e.state:<10} {e.kind:<18} {_describe(e)}")
+
+
+def _describe(e: store.Event) -> str:
+    d = e.data
+    match e.kind:
+        case "enter":
+            return ""
+        case "choice":
+            c = d["choice"]
+            return f"{d['point']} -> {c['option']} ({c['confidence']:.2f}, {c['model']})" + (f" error: {c['error']}" if c.get("error") else "")
+        case "proposal":
+            return f"{d['tool']} {d['args']}" + (f" INVALID: {d['error']}" if d.get("error") else "")
+        case "decision":
+            return f"{d['action']} rules={d['rules']}"
+        case "approval_requested":
+            return d["approval_id"]
+        case "approval":
+            return f"{d['approval_id']} {'approved' if d['approved'] else 'denied'} by {d['by']}"
+        case "result":
+            return f"{d['tool']} {d['status']}" + (f": {d['error']}" if d.get("error") else "")
+        case "end":
+            return f"{d['status']} {d.get('outcome') or ''} {d.get('error') or ''}".strip()
+    return str(d)
+
+
+@runs.command()
+@db_option
+@json_option
+@one_line_errors
+def stats(db_url: str | None, as_json: bool) -> None:
+    """Summary figures over all runs."""
+    with open_db(db_url).read() as conn:
+        rows = store.list_runs(conn)
+    by_status = Counter(r.status for r in rows)
+    by_workflow = Counter(r.workflow for r in rows)
+    steps = sorted(r.steps for r in rows)
+    out = {
+        "runs": len(rows),
+        "by_status": dict(by_status.most_common()),
+        "by_workflow": dict(by_workflow.most_common()),
+        "max_steps": steps[-1] if steps else 0,
+        "mean_steps": round(sum(steps) / len(steps), 2) if steps else 0,
+    }
+    if as_json:
+        echo_json(out)
+        return
+    click.echo(f"runs: {out['runs']}  max steps: {out['max_steps']}  mean steps: {out['mean_steps']}")
+    for s, n in by_status.most_common():
+        click.echo(f"  {s:<18} {n}")

@@ -1,0 +1,47 @@
+"""Errors that cross layers. Each message is one line a person can act on."""
+
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Base of every error tether raises on purpose (bad input, refused actions)."""
+
+
+class PolicyError(TetherError):
+    """A policy file that cannot be loaded or linted."""
+
+
+class ToolError(TetherError):
+    """A tool definition or tool call that is not acceptable."""
+
+
+class UnknownTool(ToolError):
+    pass
+
+
+class InvalidArguments(ToolError):
+    pass
+
+
+class WorkflowError(TetherError):
+    """A workflow definition or input that is not acceptable."""
+
+
+class NonDeterminismError(WorkflowError):
+    """Re-executing a run did not reproduce its recorded steps."""
+
+
+class StoreError(TetherError):
+    """The database is missing, corrupt, or not a tether database."""
+
+
+class LedgerError(TetherError):
+    pass
+
+
+class ApprovalError(TetherError):
+    """An approval decision that is refused (unknown id, self-approval, already decided)."""
+
+
+class RunNotFound(TetherError):
+    pass

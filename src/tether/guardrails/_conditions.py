@@ -1,0 +1,111 @@
+"""Argument conditions in policy rules: `> 100`, `<= 5`, `== "EU"`, `in [a, b]`.
+
+A bare value means equality, a YAML list means `in`. Ordering operators take
+numbers only; anything else is a lint error at load time, or (for an argument
+of the wrong type at decision time) an evaluation error that fails closed.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+_MISSING = object()
+_OPERATOR = re.compile(r"^\s*(not in|>=|<=|==|!=|>|<|in)\s*(.*?)\s*$", re.S)
+_ORDERING: dict[str, Callable[[Any, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+
+class ConditionSyntaxError(ValueError):
+    pass
+
+
+class ConditionTypeError(TypeError):
+    pass
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _parse_operand(text: str) -> Any:
+    if not text:
+        raise ConditionSyntaxError("missing a value after the operator")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConditionSyntaxError(f"cannot read the value {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    op: str
+    value: Any
+
+    @classmethod
+    def parse(cls, key: str, spec: Any) -> Condition:
+        if isinstance(spec, list):
+            return cls(key, "in", spec)
+        if isinstance(spec, dict):
+            raise ConditionSyntaxError("a condition is a comparison like '> 100', not a mapping")
+        if not isinstance(spec, str):
+            return cls(key, "==", spec)
+        m = _OPERATOR.match(spec)
+        if m is None:
+            # Catch typos like '=> 5' or '=< 5' instead of treating them as text.
+            if re.match(r"^\s*[=<>!]", spec):
+                raise ConditionSyntaxError(f"unknown operator in {spec!r} (use >, >=, <, <=, ==, !=, in, not in)")
+            return cls(key, "==", spec)
+        op, operand = m.group(1), _parse_operand(m.group(2))
+        if op in _ORDERING and not _is_number(operand):
+            raise ConditionSyntaxError(f"{spec!r}: {op} needs a number, got {operand!r}")
+        if op in ("in", "not in") and not isinstance(operand, list):
+            raise ConditionSyntaxError(f"{spec!r}: {op} needs a list like [a, b]")
+        if op in ("==", "!=") and isinstance(operand, (list, dict)):
+            raise ConditionSyntaxError(f"{spec!r}: {op} needs a single value")
+        return cls(key, op, operand)
+
+    def matches(self, args: Mapping[str, Any]) -> bool:
+        actual = lookup(args, self.key)
+        if actual is _MISSING:
+            return False
+        if self.op in _ORDERING:
+            if not _is_number(actual):
+                raise ConditionTypeError(f"argument {self.key!r} is {actual!r}, not a number")
+            return _ORDERING[self.op](actual, self.value)
+        if self.op == "==":
+            return _equal(actual, self.value)
+        if self.op == "!=":
+            return not _equal(actual, self.value)
+        found = any(_equal(actual, v) for v in self.value)
+        return found if self.op == "in" else not found
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.op} {self.value!r}"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    # No coercion between kinds: "100" != 100 and True != 1.
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    return type(a) is type(b) and bool(a == b)
+
+
+def lookup(args: Mapping[str, Any], key: str) -> Any:
+    """`customer.tier` reads nested arguments."""
+    cur: Any = args
+    for part in key.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur

@@ -1,0 +1,207 @@
+"""Policy as code: the YAML rule file users write, and the decisions it makes.
+
+    policies:
+      - name: refund_requires_approval
+        if: {tool: "payments.refund", amount_usd: "> 100"}
+        then: {action: "require_human_approval"}
+
+`tool` is a glob over tool names; every other key under `if` names an argument
+of the call and holds a comparison. A call matching no rule gets the file's
+`default` (allow unless the file says otherwise). Of several matching rules the
+strictest wins: deny > require_human_approval > allow. Any error while deciding
+denies (fail closed).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from tether.errors import PolicyError
+from tether.guardrails import _yaml
+from tether.guardrails._conditions import Condition, ConditionSyntaxError, ConditionTypeError
+
+Action = Literal["allow", "require_human_approval", "deny"]
+ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
+STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
+
+_FILE_KEYS = {"policies", "default", "description", "version"}
+_RULE_KEYS = {"name", "if", "then", "description"}
+_THEN_KEYS = {"action", "reason"}
+
+
+class Decision(BaseModel):
+    """What the gate decided for one proposed call, and why."""
+
+    action: Action
+    rules: list[str]
+    matched: list[str] = []
+    policy_hash: str
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.action == "allow"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    tool: str
+    conditions: tuple[Condition, ...]
+    action: Action
+    line: int
+    reason: str | None = None
+
+    def matches(self, tool: str, args: Mapping[str, Any]) -> bool:
+        return fnmatch.fnmatchcase(tool, self.tool) and all(c.matches(args) for c in self.conditions)
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    rules: tuple[Rule, ...]
+    default: Action
+    hash: str
+    source: str
+    text: str
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<policy>") -> PolicySet:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        data = _yaml.load(text, source)
+        rules, default = _parse(data, source)
+        return cls(tuple(rules), default, digest, source, text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolicySet:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PolicyError(f"{p}: policy file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PolicyError(f"{p}: cannot read policy file ({e})") from None
+        return cls.from_text(text, str(p))
+
+    def decide(self, tool: str, args: Mapping[str, Any]) -> Decision:
+        matched: list[Rule] = []
+        for rule in self.rules:
+            try:
+                if rule.matches(tool, args):
+                    matched.append(rule)
+            except Exception as e:  # noqa: BLE001 - the gate must never fail open
+                why = str(e) if isinstance(e, ConditionTypeError) else f"{type(e).__name__}: {e}"
+                return Decision(
+                    action="deny",
+                    rules=[rule.name],
+                    matched=[rule.name],
+                    policy_hash=self.hash,
+                    reason=f"rule {rule.name!r} could not be evaluated ({why}); failing closed",
+                )
+        if not matched:
+            return Decision(
+                action=self.default,
+                rules=[],
+                policy_hash=self.hash,
+                reason=f"no rule matched; file default is {self.default}",
+            )
+        action = max((r.action for r in matched), key=STRICTNESS.__getitem__)
+        producing = [r for r in matched if r.action == action]
+        reasons = [r.reason for r in producing if r.reason]
+        return Decision(
+            action=action,
+            rules=[r.name for r in producing],
+            matched=[r.name for r in matched],
+            policy_hash=self.hash,
+            reason="; ".join(reasons) or f"matched {', '.join(r.name for r in producing)}",
+        )
+
+    def lint(self, schemas: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Rules that can never match the given tools (name -> JSON Schema of its arguments)."""
+        problems = []
+        for rule in self.rules:
+            names = [n for n in schemas if fnmatch.fnmatchcase(n, rule.tool)]
+            where = f"{self.source}:{rule.line}: rule {rule.name!r}"
+            if not names:
+                problems.append(f"{where}: tool {rule.tool!r} matches no tool of this workflow")
+                continue
+            for c in rule.conditions:
+                top = c.key.split(".")[0]
+                if not any(top in schemas[n].get("properties", {}) for n in names):
+                    problems.append(f"{where}: no matching tool has an argument {top!r} ({', '.join(names)})")
+        return problems
+
+
+def _err(source: str, line: int, rule: str | None, msg: str) -> PolicyError:
+    where = f"{source}:{line}" if line else source
+    return PolicyError(f"{where}: rule {rule!r}: {msg}" if rule else f"{where}: {msg}")
+
+
+def _action(value: Any, source: str, line: int, rule: str | None) -> Action:
+    if value not in ACTIONS:
+        raise _err(source, line, rule, f"unknown action {value!r} (use {', '.join(ACTIONS)})")
+    return value  # type: ignore[no-any-return]
+
+
+def _parse(data: Any, source: str) -> tuple[list[Rule], Action]:
+    if data is None:
+        raise PolicyError(f"{source}: empty policy file (expected a 'policies:' list)")
+    if not isinstance(data, _yaml.LineDict):
+        raise PolicyError(f"{source}:1: expected a mapping with a 'policies:' list")
+    for key in data:
+        if key not in _FILE_KEYS:
+            raise _err(source, data.key_lines[key], None, f"unknown key {key!r} (expected {sorted(_FILE_KEYS)})")
+    default = _action(data.get("default", "allow"), source, data.key_lines.get("default", 0), None)
+    items = data.get("policies", [])
+    if not isinstance(items, list):
+        raise _err(source, data.key_lines.get("policies", 0), None, "'policies' must be a list of rules")
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for item in items:
+        rule = _parse_rule(item, source, data.key_lines.get("policies", 0))
+        if rule.name in seen:
+            raise _err(source, rule.line, rule.name, f"duplicate rule name (first defined at line {seen[rule.name]})")
+        seen[rule.name] = rule.line
+        rules.append(rule)
+    return rules, default
+
+
+def _parse_rule(item: Any, source: str, list_line: int) -> Rule:
+    if not isinstance(item, _yaml.LineDict):
+        raise _err(source, list_line, None, f"each rule must be a mapping, got {item!r}")
+    line = item.line
+    name = item.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _err(source, line, None, "rule has no 'name'")
+    for key in item:
+        if key not in _RULE_KEYS:
+            raise _err(source, item.key_lines[key], name, f"unknown key {key!r} (expected {sorted(_RULE_KEYS)})")
+    cond = item.get("if")
+    if not isinstance(cond, _yaml.LineDict):
+        raise _err(source, line, name, "'if' must be a mapping with at least 'tool'")
+    tool = cond.get("tool")
+    if not isinstance(tool, str) or not tool:
+        raise _err(source, cond.line, name, "'if.tool' must be a tool name or glob like \"payments.*\"")
+    conditions: list[Condition] = []
+    for key, spec in cond.items():
+        if key == "tool":
+            continue
+        try:
+            conditions.append(Condition.parse(key, spec))
+        except ConditionSyntaxError as e:
+            raise _err(source, cond.key_lines[key], name, f"bad comparison for {key!r}: {e}") from None
+    then = item.get("then")
+    if not isinstance(then, _yaml.LineDict) or "action" not in then:
+        raise _err(source, line, name, "'then' must be a mapping with 'action'")
+    for key in then:
+        if key not in _THEN_KEYS:
+            raise _err(source, then.key_lines[key], name, f"unknown key {key!r} under 'then'")
+    action = _action(then["action"], source, then.key_lines["action"], name)
+    reason = then.get("reason")
+    return Rule(name, tool, tuple(conditions), action, line, str(reason) if reason is not None else None)

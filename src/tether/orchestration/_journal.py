@@ -1,0 +1,112 @@
+"""The run's journal: recorded events, replayed on re-execution, appended live.
+
+Events are buffered and written in the next transaction; a transaction is
+forced before anything irreversible (an allowed call executes) and when the run
+pauses or ends. Ledger entries ride in the same transactions, so the journal
+and the ledger never disagree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.guardrails import approvals
+from tether.guardrails.policy import Decision
+from tether.record import ledger
+from tether.record import runs as store
+from tether.record.canonical import digest
+from tether.record.db import Database
+from tether.tools.calls import ToolCall, ToolResult
+
+
+@dataclass
+class Journal:
+    db: Database
+    run_id: str
+    recorded: list[store.Event]
+    state: str = ""
+    step: int = 0
+    _by_op: dict[str, list[store.Event]] = field(default_factory=lambda: defaultdict(list))
+    _events: list[store.Event] = field(default_factory=list)
+    _ledger: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _next_seq: int = 1
+
+    def __post_init__(self) -> None:
+        for e in self.recorded:
+            if e.call_id is not None:
+                self._by_op[e.call_id].append(e)
+        self._next_seq = (self.recorded[-1].seq + 1) if self.recorded else 1
+
+    # -- reading what was recorded ------------------------------------------
+    def replayed(self, op: str) -> list[store.Event]:
+        return self._by_op.get(op, [])
+
+    # -- buffering new events -----------------------------------------------
+    def add(self, kind: str, op: str | None, data: dict[str, Any]) -> None:
+        event = store.Event(self._next_seq, kind, self.step, self.state, op, data)
+        self._next_seq += 1
+        self._events.append(event)
+        if op is not None:
+            self._by_op[op].append(event)
+
+    def add_ledger(self, kind: str, body: dict[str, Any]) -> None:
+        self._ledger.append((kind, body))
+
+    def flush(self, **run_values: Any) -> None:
+        with self.db.transaction() as conn:
+            self._write(conn, **run_values)
+
+    def _write(self, conn: Any, **run_values: Any) -> None:
+        store.append_events(conn, self.run_id, self._events)
+        for kind, body in self._ledger:
+            ledger.append(conn, kind, body, run_id=self.run_id)
+        store.update_run(conn, self.run_id, steps=self.step, state=self.state, **run_values)
+        self._events, self._ledger = [], []
+
+    # -- the tool proxy's recorder ------------------------------------------
+    def proposed(self, call: ToolCall, args: dict[str, Any] | None, error: str | None) -> None:
+        data = {"tool": call.tool, "args": args if args is not None else call.args, "proposer": call.proposer}
+        if error:
+            data["error"] = error
+        self.add_ledger("proposal", {"call_id": call.call_id, "step": self.step, **data})
+        # What the code sent (before defaults were filled), to detect changed code on replay.
+        self.add("proposal", call.call_id, {**data, "sent_digest": digest(call.args)})
+
+    def decided(self, call: ToolCall, decision: Decision) -> None:
+        self.add("decision", call.call_id, decision.model_dump())
+        self.add_ledger("decision", {"call_id": call.call_id, "tool": call.tool, **decision.model_dump()})
+        if decision.action == "allow":
+            self.flush()  # durable before the side effect
+
+    def approval_requested(self, call: ToolCall, decision: Decision) -> str:
+        with self.db.transaction() as conn:
+            approval_id = approvals.request(
+                conn, run_id=self.run_id, call_id=call.call_id, step=self.step, tool=call.tool,
+                args=self._proposal_args(call), decision=decision, proposer=call.proposer,
+            )  # fmt: skip
+            self.add("approval_requested", call.call_id, {"approval_id": approval_id})
+            self._write(conn, status="waiting_approval")
+        return approval_id
+
+    def approval_applied(self, call: ToolCall, approval_id: str, approved: bool, by: str | None) -> None:
+        self.add("approval", call.call_id, {"approval_id": approval_id, "approved": approved, "by": by})
+
+    def finished(self, call: ToolCall, result: ToolResult) -> None:
+        self.add("result", call.call_id, result.model_dump(mode="json"))
+        body: dict[str, Any] = {"call_id": call.call_id, "tool": call.tool, "status": result.status}
+        if result.error:
+            body["error"] = result.error
+        if result.output is not None:
+            body["output_sha256"] = digest(result.output)
+        if result.approval_id:
+            body["approval_id"] = result.approval_id
+        self.add_ledger("result", body)
+        self.flush()
+
+    def _proposal_args(self, call: ToolCall) -> dict[str, Any]:
+        for e in reversed(self._by_op.get(call.call_id, [])):
+            if e.kind == "proposal":
+                return dict(e.data["args"])
+        return call.args

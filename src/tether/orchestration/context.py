@@ -1,0 +1,196 @@
+"""RunContext: what a state function gets. The only doors to models and tools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic
+
+from pydantic import BaseModel
+
+from tether.errors import NonDeterminismError
+from tether.guardrails import approvals
+from tether.guardrails.policy import Decision, PolicySet
+from tether.models.base import Choice, DecisionRequest, Model
+from tether.orchestration._journal import Journal
+from tether.orchestration.workflow import DepsT, InputT
+from tether.record.canonical import digest
+from tether.tools.calls import ToolCall, ToolResult
+from tether.tools.proxy import Approval, RunInfo, ToolProxy
+
+if TYPE_CHECKING:
+    from tether.orchestration.workflow import Workflow
+
+
+class Suspend(Exception):
+    """The run waits for a human; it will be re-driven from its journal."""
+
+    def __init__(self, approval_id: str) -> None:
+        super().__init__(approval_id)
+        self.approval_id = approval_id
+
+
+class EndRun(Exception):
+    """The runtime ends the run (budget, loop) whatever the state code wanted."""
+
+    def __init__(self, status: str, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+class RunContext(Generic[InputT, DepsT]):
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow: Workflow[InputT, DepsT],
+        input: InputT,
+        tenant: str,
+        started_by: str,
+        journal: Journal,
+        proxy: ToolProxy,
+        policy: PolicySet,
+        deps: DepsT,
+        model: Callable[[], Model],
+    ) -> None:
+        self.id = run_id
+        self.workflow = workflow
+        self.input = input
+        self.tenant = tenant
+        self.started_by = started_by
+        self.deps = deps
+        self.data: dict[str, Any] = {}  # state carried between states, rebuilt on replay
+        self._journal = journal
+        self._proxy = proxy
+        self._policy = policy
+        self._model = model
+        self._ops_in_step = 0
+        self._seen_calls: set[str] = set()
+
+    @property
+    def state(self) -> str:
+        return self._journal.state
+
+    @property
+    def step(self) -> int:
+        return self._journal.step
+
+    # -- called by the runner -------------------------------------------------
+    def _enter(self, state: str, step: int) -> None:
+        self._journal.state, self._journal.step, self._ops_in_step = state, step, 0
+        op = str(step)
+        recorded = self._journal.replayed(op)
+        if recorded:
+            if recorded[0].data["state"] != state:
+                raise NonDeterminismError(
+                    f"step {step}: the run recorded state {recorded[0].data['state']!r}, the code now enters {state!r}"
+                )
+            return
+        self._journal.add("enter", op, {"state": state})
+
+    def _next_op(self) -> str:
+        if self._ops_in_step >= self.workflow.max_calls_per_step:
+            raise EndRun(
+                "budget_exhausted",
+                f"state {self.state!r} made more than {self.workflow.max_calls_per_step} calls in one step",
+            )
+        self._ops_in_step += 1
+        return f"{self.step}.{self._ops_in_step}"
+
+    # -- the model door -------------------------------------------------------
+    def choose(
+        self,
+        point: str,
+        options: Sequence[str],
+        observation: Mapping[str, Any],
+        *,
+        instructions: str = "",
+    ) -> Choice:
+        """Ask the model to pick one of `options`. Tool-name options come with their schemas."""
+        op = self._next_op()
+        request = DecisionRequest(
+            point=point,
+            options=list(options),
+            tools=[self.workflow.tools.get(o).spec() for o in options if o in self.workflow.tools],
+            observation=dict(observation),
+            instructions=instructions,
+        )
+        request_digest = digest(request)
+        recorded = self._journal.replayed(op)
+        if recorded:
+            ev = recorded[0]
+            if ev.kind != "choice" or ev.data["point"] != point or ev.data["request_digest"] != request_digest:
+                raise NonDeterminismError(f"op {op}: the recorded run did not ask the model {point!r} with this input")
+            return Choice.model_validate(ev.data["choice"])
+        choice = self._ask(request)
+        self._journal.add("choice", op, {"point": point, "request_digest": request_digest, "choice": choice.model_dump()})
+        return choice
+
+    def _ask(self, request: DecisionRequest) -> Choice:
+        model = self._model()
+        try:
+            choice = model.choose(request)
+        except Exception as e:  # noqa: BLE001 - a failing model is a refused choice, not a crash
+            return Choice(point=request.point, option=None, confidence=0.0, model=model.name,
+                          error=f"model failed: {type(e).__name__}: {e}")  # fmt: skip
+        if choice.option not in request.options:
+            return choice.model_copy(
+                update={"error": f"model chose {choice.option!r}, not one of the {len(request.options)} options offered"}
+            )
+        return choice
+
+    # -- the tool door --------------------------------------------------------
+    def act(self, choice: Choice) -> ToolResult:
+        """Propose the tool call a model chose; it goes through the proxy like any other."""
+        return self.call(choice.option or "", choice.args, proposer=f"model:{choice.model}")
+
+    def call(self, tool: str, args: Mapping[str, Any] | BaseModel, *, proposer: str | None = None) -> ToolResult:
+        op = self._next_op()
+        plain = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
+        call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}")
+        self._check_loop(call)
+        recorded = self._journal.replayed(op)
+        if recorded:
+            done = self._replay_call(call, recorded)
+            if done is not None:
+                return done
+        result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self.deps, run=self._info())
+        if result.status == "pending_approval":
+            raise Suspend(result.approval_id or "")
+        return result
+
+    def _info(self) -> RunInfo:
+        return RunInfo(run_id=self.id, step=self.step, tenant=self.tenant)
+
+    def _check_loop(self, call: ToolCall) -> None:
+        key = digest([call.tool, call.args])
+        if key in self._seen_calls:
+            raise EndRun("loop_detected", f"repeated identical call {call.tool}({call.args}) at op {call.call_id}")
+        self._seen_calls.add(key)
+
+    def _replay_call(self, call: ToolCall, recorded: list[Any]) -> ToolResult | None:
+        """The recorded result, the run resumed past an approval, or None to run live."""
+        first = recorded[0]
+        if first.kind != "proposal" or first.data["tool"] != call.tool or first.data["proposer"] != call.proposer:
+            raise NonDeterminismError(
+                f"op {call.call_id}: the run recorded {first.kind} {first.data.get('tool')!r}, the code now calls {call.tool!r}"
+            )
+        if first.data["sent_digest"] != digest(call.args):
+            raise NonDeterminismError(f"op {call.call_id}: {call.tool} is now called with different arguments")
+        by_kind = {e.kind: e for e in recorded}
+        if "result" in by_kind:
+            return ToolResult.model_validate(by_kind["result"].data)
+        decision_ev = by_kind.get("decision")
+        if decision_ev is None or decision_ev.data["action"] != "require_human_approval":
+            return None  # decided but never finished (the process died): run it again
+        with self._journal.db.read() as conn:
+            req = approvals.for_call(conn, self.id, call.call_id)
+        if req is None or req.status == "pending":
+            raise Suspend(req.id if req else "")
+        approved = req.status == "approved"
+        self._journal.approval_applied(call, req.id, approved, req.decided_by)
+        approval = Approval(req.id, approved, req.decided_by or "", req.reason, Decision.model_validate(decision_ev.data))
+        return self._proxy.call(
+            call, policy=self._policy, recorder=self._journal, deps=self.deps, run=self._info(), approval=approval
+        )
+

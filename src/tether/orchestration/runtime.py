@@ -1,0 +1,203 @@
+"""The runtime: starts runs, drives their state machine, resumes paused ones.
+
+A run is re-driven from the top every time it is resumed: each state function
+runs again, and every model choice and tool call it makes is answered from the
+run's journal until the journal runs out, then live. That is why state code
+must be deterministic given its input and recorded answers, and why a resumed
+run never repeats a side effect.
+"""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.errors import RunNotFound, TetherError, WorkflowError
+from tether.guardrails.policy import PolicySet
+from tether.models.base import Model
+from tether.orchestration._journal import Journal
+from tether.orchestration.context import EndRun, RunContext, Suspend
+from tether.orchestration.workflow import End, Workflow
+from tether.record import ledger
+from tether.record import runs as store
+from tether.record.canonical import digest
+from tether.record.db import Database
+from tether.tools.proxy import ToolProxy
+
+# Statuses a run can have. The first two are not final.
+RUNNING, WAITING = "running", "waiting_approval"
+FINAL_STATUSES = ("completed", "escalated", "failed", "budget_exhausted", "loop_detected")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    workflow: str
+    status: str
+    outcome: str | None
+    steps: int
+    error: str | None = None
+    approval_id: str | None = None  # set when status is waiting_approval
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+def default_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "unknown"
+
+
+@dataclass
+class Runtime:
+    """Runs workflows against one database.
+
+    `policy` overrides the workflow's own policy for new runs; `model` overrides
+    its model factory. A paused run always resumes under the policy it started
+    with (stored by hash), so a decision cannot change under it.
+    """
+
+    db: Database
+    policy: PolicySet | None = None
+    model: Callable[[], Model] | None = None
+    _deps: dict[str, Any] = field(default_factory=dict)
+    _models: dict[str, Model] = field(default_factory=dict)
+    _proxies: dict[str, ToolProxy] = field(default_factory=dict)
+
+    # -- public -----------------------------------------------------------------
+    def start(
+        self,
+        workflow: Workflow[Any, Any],
+        input: Any,
+        *,
+        started_by: str | None = None,
+        tenant: str = "default",
+        run_id: str | None = None,
+    ) -> RunResult:
+        workflow.check()
+        parsed = workflow.parse_input(input)
+        policy = self.policy or workflow.policy()
+        run_id = run_id or "run_" + secrets.token_hex(8)
+        started_by = (started_by or default_user()).strip() or "unknown"
+        plain_input = parsed.model_dump(mode="json")
+        with self.db.transaction() as conn:
+            store.store_policy(conn, policy.hash, policy.source, policy.text)
+            store.insert_run(
+                conn, id=run_id, workflow=workflow.name, workflow_ref=workflow.ref,
+                workflow_version=workflow.version, status=RUNNING, input=plain_input,
+                started_by=started_by, tenant=tenant, policy_hash=policy.hash,
+            )  # fmt: skip
+            ledger.append(
+                conn, "run_started",
+                {"workflow": workflow.name, "version": workflow.version, "policy_hash": policy.hash,
+                 "started_by": started_by, "tenant": tenant, "input_sha256": digest(plain_input)},
+                run_id=run_id,
+            )  # fmt: skip
+        return self._drive(workflow, run_id, parsed, policy, tenant, started_by, recorded=[])
+
+    def resume(self, run_id: str, workflow: Workflow[Any, Any]) -> RunResult:
+        """Continue a paused run (after its approval was decided). One resumer wins."""
+        with self.db.transaction() as conn:
+            row = store.get_run(conn, run_id)
+            if row.workflow != workflow.name:
+                raise WorkflowError(f"run {run_id} belongs to workflow {row.workflow}, not {workflow.name}")
+            if row.status != WAITING:
+                return _result_from_row(row)
+            if not store.claim_run(conn, run_id, WAITING, RUNNING):
+                raise RunNotFound(f"run {run_id} is being resumed by another process")
+            source, text = store.policy_text(conn, row.policy_hash)
+            recorded = store.load_events(conn, run_id)
+        policy = PolicySet.from_text(text, source)
+        parsed = workflow.parse_input(row.input)
+        return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded)
+
+    def get(self, run_id: str) -> RunResult:
+        with self.db.read() as conn:
+            return _result_from_row(store.get_run(conn, run_id))
+
+    def close(self) -> None:
+        for p in self._proxies.values():
+            p.close()
+
+    # -- the loop ---------------------------------------------------------------
+    def _drive(
+        self,
+        workflow: Workflow[Any, Any],
+        run_id: str,
+        parsed: Any,
+        policy: PolicySet,
+        tenant: str,
+        started_by: str,
+        recorded: list[store.Event],
+    ) -> RunResult:
+        journal = Journal(self.db, run_id, recorded)
+        ctx = RunContext(
+            run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
+            journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
+            model=lambda: self._model_for(workflow),
+        )  # fmt: skip
+        state = workflow.initial or ""
+        step = 0
+        try:
+            while True:
+                step += 1
+                if step > workflow.max_steps:
+                    raise EndRun("budget_exhausted", f"step budget of {workflow.max_steps} steps used up in {state!r}")
+                ctx._enter(state, step)
+                nxt = workflow.states[state].fn(ctx)
+                if isinstance(nxt, End):
+                    return self._finish(journal, workflow, nxt.status, nxt.outcome, nxt.error)
+                if nxt not in workflow.states[state].goes_to:
+                    raise WorkflowError(f"state {state!r} went to {nxt!r}, which is not in its goes_to")
+                state = nxt
+        except Suspend as s:
+            # Normally already written with the approval request; a resumed run
+            # whose approval is still pending goes back to waiting here.
+            journal.flush(status=WAITING)
+            return RunResult(run_id, workflow.name, WAITING, None, journal.step, approval_id=s.approval_id)
+        except EndRun as e:
+            return self._finish(journal, workflow, e.status, None, e.error)
+        except TetherError as e:
+            return self._finish(journal, workflow, "failed", None, str(e))
+        except Exception as e:  # noqa: BLE001 - a bug in state code fails the run, not the process
+            return self._finish(journal, workflow, "failed", None, f"{type(e).__name__}: {e}")
+
+    def _finish(
+        self, journal: Journal, workflow: Workflow[Any, Any], status: str, outcome: str | None, error: str | None
+    ) -> RunResult:
+        journal.add("end", None, {"status": status, "outcome": outcome, "error": error})
+        journal.add_ledger("run_finished", {"status": status, "outcome": outcome, "error": error, "steps": journal.step})
+        journal.flush(status=status, outcome=outcome, error=error)
+        return RunResult(journal.run_id, workflow.name, status, outcome, journal.step, error)
+
+    # -- per-workflow singletons ------------------------------------------------
+    def _proxy(self, workflow: Workflow[Any, Any]) -> ToolProxy:
+        if workflow.name not in self._proxies:
+            self._proxies[workflow.name] = ToolProxy(workflow.tools)
+        return self._proxies[workflow.name]
+
+    def _deps_for(self, workflow: Workflow[Any, Any]) -> Any:
+        if workflow.deps_factory is None:
+            return None
+        if workflow.name not in self._deps:
+            self._deps[workflow.name] = workflow.deps_factory(self.db)
+        return self._deps[workflow.name]
+
+    def _model_for(self, workflow: Workflow[Any, Any]) -> Model:
+        # Built on first use: a run replayed from its journal never loads a model.
+        if workflow.name not in self._models:
+            factory = self.model or workflow.model_factory
+            if factory is None:
+                raise WorkflowError(f"workflow {workflow.name} asks a model but none is configured")
+            self._models[workflow.name] = factory()
+        return self._models[workflow.name]
+
+
+def _result_from_row(row: Any) -> RunResult:
+    return RunResult(row.id, row.workflow, row.status, row.outcome, row.steps, row.error)

@@ -1,0 +1,175 @@
+"""Declaring a workflow as a state machine.
+
+    triage = Workflow("support_triage", input=Ticket, tools=TOOLS, policy="policy.yaml")
+
+    @triage.state(initial=True, goes_to=["act", "escalate"])
+    def classify(run: RunContext[Ticket, Systems]) -> Next:
+        choice = run.choose("intent", options=INTENTS, observation={"text": run.input.text})
+        return "act" if choice.confidence >= 0.5 else "escalate"
+
+Each state is a deterministic function of the run's input and the recorded
+results of its model choices and tool calls; it names the next state (one of
+its declared `goes_to`) or returns `End(...)`. Only `run.choose` asks a model,
+and only `run.call` / `run.act` touch the world, through the tool proxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from tether.errors import WorkflowError
+from tether.guardrails.policy import PolicySet
+from tether.models.base import Model
+from tether.tools.registry import ToolRegistry
+from tether.tools.tool import Tool
+
+if TYPE_CHECKING:
+    from tether.orchestration.context import RunContext
+    from tether.record.db import Database
+
+InputT = TypeVar("InputT", bound=BaseModel)
+DepsT = TypeVar("DepsT")
+
+EndStatus = Literal["completed", "escalated", "failed"]
+
+
+@dataclass(frozen=True)
+class End:
+    """Returned by a state to finish the run."""
+
+    status: EndStatus = "completed"
+    outcome: str | None = None
+    error: str | None = None
+
+
+Next = str | End
+StateFn = Callable[["RunContext[Any, Any]"], Next]
+
+
+@dataclass(frozen=True)
+class State:
+    name: str
+    fn: StateFn
+    goes_to: tuple[str, ...]
+
+
+class Workflow(Generic[InputT, DepsT]):
+    def __init__(
+        self,
+        name: str,
+        *,
+        input: type[InputT],
+        tools: ToolRegistry | Iterable[Tool],
+        policy: str | Path | PolicySet | None = None,
+        deps: Callable[[Database], DepsT] | None = None,
+        model: Callable[[], Model] | None = None,
+        max_steps: int = 12,
+        max_calls_per_step: int = 8,
+        description: str = "",
+        ref: str | None = None,
+    ) -> None:
+        if max_steps < 1 or max_calls_per_step < 1:
+            raise WorkflowError(f"workflow {name}: max_steps and max_calls_per_step must be at least 1")
+        self.name = name
+        self.input = input
+        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self._policy = policy
+        self.deps_factory = deps
+        self.model_factory = model
+        self.max_steps = max_steps
+        self.max_calls_per_step = max_calls_per_step
+        self.description = description
+        self.ref = ref or name
+        self.states: dict[str, State] = {}
+        self.initial: str | None = None
+
+    def state(
+        self, name: str | None = None, *, initial: bool = False, goes_to: Iterable[str] = ()
+    ) -> Callable[[StateFn], StateFn]:
+        def register(fn: StateFn) -> StateFn:
+            state_name = name or fn.__name__
+            if state_name in self.states:
+                raise WorkflowError(f"workflow {self.name}: state {state_name!r} is declared twice")
+            self.states[state_name] = State(state_name, fn, tuple(goes_to))
+            if initial:
+                if self.initial is not None:
+                    raise WorkflowError(f"workflow {self.name}: two initial states ({self.initial}, {state_name})")
+                self.initial = state_name
+            return fn
+
+        return register
+
+    def check(self) -> None:
+        """The graph is well formed: one initial state, every transition lands on a state."""
+        if self.initial is None:
+            raise WorkflowError(f"workflow {self.name}: no initial state")
+        for s in self.states.values():
+            for target in s.goes_to:
+                if target not in self.states:
+                    raise WorkflowError(f"workflow {self.name}: state {s.name!r} goes to unknown state {target!r}")
+
+    def policy(self) -> PolicySet:
+        if isinstance(self._policy, PolicySet):
+            return self._policy
+        if self._policy is None:
+            raise WorkflowError(f"workflow {self.name} has no default policy; pass one to the runtime")
+        return PolicySet.load(self._policy)
+
+    @property
+    def version(self) -> str:
+        """A hash of the workflow's code and limits: a run records the version it ran under."""
+        h = hashlib.sha256()
+        h.update(f"{self.name}|{self.max_steps}|{self.max_calls_per_step}|{self.initial}".encode())
+        for s in sorted(self.states.values(), key=lambda s: s.name):
+            h.update(f"|{s.name}>{','.join(s.goes_to)}|".encode())
+            h.update(_source(s.fn).encode())
+        for t in self.tools:
+            h.update(f"|{t.name}|".encode())
+            h.update(_source(t._fn).encode())
+        return h.hexdigest()[:16]
+
+    def parse_input(self, data: Any) -> InputT:
+        from pydantic import ValidationError
+
+        try:
+            return self.input.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "input"
+            raise WorkflowError(f"invalid input for {self.name}: {where}: {first['msg']}") from None
+
+
+def _source(fn: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return getattr(fn, "__qualname__", repr(fn))
+
+
+def load(ref: str) -> Workflow[Any, Any]:
+    """A workflow by registered name (entry point group `tether.workflows`) or `module:attribute`."""
+    import importlib
+    from importlib.metadata import entry_points
+
+    target = ref
+    if ":" not in ref:
+        found = [ep for ep in entry_points(group="tether.workflows") if ep.name == ref]
+        if not found:
+            names = sorted(ep.name for ep in entry_points(group="tether.workflows"))
+            raise WorkflowError(f"unknown workflow {ref!r} (registered: {', '.join(names) or 'none'}; or use module:attribute)")
+        target = found[0].value
+    module_name, _, attr = target.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise WorkflowError(f"cannot load workflow {ref!r}: {e}") from None
+    if not isinstance(obj, Workflow):
+        raise WorkflowError(f"{ref!r} is not a tether Workflow")
+    return obj

@@ -1,0 +1,160 @@
+"""The action ledger: append-only and hash-chained.
+
+Entry n holds `prev_hash` (the hash of entry n-1, or 64 zeros for the first)
+and `hash` = SHA-256 of the canonical JSON (RFC 8785) of
+{seq, ts, run_id, kind, body, prev_hash}. Changing, deleting, inserting or
+reordering entries breaks the chain at the first entry touched; the
+`ledger_head` row (updated in the same transaction as each append) catches a
+truncated tail. An attacker who can rewrite every row *and* the head can forge a
+consistent chain: anchor the head outside the database (export manifests) for that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+
+from tether.errors import LedgerError
+from tether.record.canonical import canonical_json, sha256_hex
+from tether.record.db import Database, timestamp
+from tether.record.tables import ledger_entries, ledger_head
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    ts: str
+    run_id: str | None
+    kind: str
+    body: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "body": self.body,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def entry_hash(seq: int, ts: str, run_id: str | None, kind: str, body: Any, prev_hash: str) -> str:
+    payload = {"seq": seq, "ts": ts, "run_id": run_id, "kind": kind, "body": body, "prev_hash": prev_hash}
+    return sha256_hex(canonical_json(payload))
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    entries: int
+    first_bad: int | None = None
+    problem: str | None = None
+    head_hash: str | None = None
+
+    def message(self) -> str:
+        if self.ok:
+            return f"ledger ok: {self.entries} entries, head {self.head_hash or GENESIS}"
+        return f"ledger broken at entry {self.first_bad}: {self.problem}"
+
+
+def append(conn: sa.Connection, kind: str, body: dict[str, Any], run_id: str | None = None) -> LedgerEntry:
+    """Append one entry inside the caller's transaction (it commits with it)."""
+    head = conn.execute(
+        sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger_head.c.id == 1).with_for_update()
+    ).first()
+    prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS)
+    seq = prev_seq + 1
+    ts = timestamp()
+    body_bytes = canonical_json(body)
+    h = entry_hash(seq, ts, run_id, kind, json.loads(body_bytes), prev_hash)
+    conn.execute(
+        ledger_entries.insert().values(
+            seq=seq, ts=ts, run_id=run_id, kind=kind, body=body_bytes.decode(), prev_hash=prev_hash, hash=h
+        )
+    )
+    if head:
+        conn.execute(ledger_head.update().where(ledger_head.c.id == 1).values(seq=seq, hash=h))
+    else:
+        conn.execute(ledger_head.insert().values(id=1, seq=seq, hash=h))
+    return LedgerEntry(seq, ts, run_id, kind, json.loads(body_bytes), prev_hash, h)
+
+
+def verify_entries(entries: Iterable[LedgerEntry], head: tuple[int, str] | None = None) -> VerifyReport:
+    """Check a sequence of entries (from the database or an export) in order."""
+    expected_seq, expected_prev, count = 1, GENESIS, 0
+    for e in entries:
+        if e.seq != expected_seq:
+            what = "missing" if e.seq > expected_seq else "out of order or duplicated"
+            return VerifyReport(False, count, expected_seq, f"entry {expected_seq} is {what} (found seq {e.seq})")
+        if e.prev_hash != expected_prev:
+            return VerifyReport(False, count, e.seq, "prev_hash does not match the previous entry's hash")
+        if entry_hash(e.seq, e.ts, e.run_id, e.kind, e.body, e.prev_hash) != e.hash:
+            return VerifyReport(False, count, e.seq, "content does not match its hash (entry was altered)")
+        expected_seq, expected_prev, count = e.seq + 1, e.hash, count + 1
+    last = expected_prev
+    if head is not None and head != (count, last):
+        head_seq = head[0]
+        if head_seq > count:
+            return VerifyReport(False, count, count + 1, f"entries {count + 1}..{head_seq} are missing (tail removed)")
+        if head_seq < count:
+            return VerifyReport(False, count, head_seq + 1, f"entry {head_seq + 1} was added outside the ledger")
+        return VerifyReport(False, count, count, "last entry does not match the recorded ledger head")
+    return VerifyReport(True, count, head_hash=last)
+
+
+class Ledger:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def append(self, kind: str, body: dict[str, Any], run_id: str | None = None) -> LedgerEntry:
+        with self.db.transaction() as conn:
+            return append(conn, kind, body, run_id)
+
+    def entries(self, run_id: str | None = None) -> Iterator[LedgerEntry]:
+        q = sa.select(ledger_entries).order_by(ledger_entries.c.seq)
+        if run_id is not None:
+            q = q.where(ledger_entries.c.run_id == run_id)
+        with self.db.read() as conn:
+            for r in conn.execute(q).yield_per(1000):
+                try:
+                    body = json.loads(r.body)
+                except ValueError:
+                    body = {"__unparseable__": r.body}
+                yield LedgerEntry(r.seq, r.ts, r.run_id, r.kind, body, r.prev_hash, r.hash)
+
+    def head(self) -> tuple[int, str]:
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(ledger_head.c.seq, ledger_head.c.hash)).first()
+        return (row.seq, row.hash) if row else (0, GENESIS)
+
+    def verify(self) -> VerifyReport:
+        return verify_entries(self.entries(), head=self.head())
+
+    def export(self, out: TextIO, run_id: str | None = None) -> int:
+        n = 0
+        for e in self.entries(run_id):
+            out.write(json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+        return n
+
+
+def read_export(lines: Iterable[str], source: str = "export") -> Iterator[LedgerEntry]:
+    """Parse a JSONL export back into entries (for verifying an auditor's copy)."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            yield LedgerEntry(d["seq"], d["ts"], d["run_id"], d["kind"], d["body"], d["prev_hash"], d["hash"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise LedgerError(f"{source}:{lineno}: not a ledger entry ({e})") from None

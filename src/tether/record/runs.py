@@ -1,0 +1,108 @@
+"""Reading and writing runs, their journals and stored policy versions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from tether.errors import RunNotFound
+from tether.record.db import timestamp
+from tether.record.tables import policies, run_events, runs
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    kind: str
+    step: int
+    state: str
+    call_id: str | None
+    data: dict[str, Any]
+    created_at: str = ""
+
+
+def store_policy(conn: sa.Connection, policy_hash: str, source: str, content: str) -> None:
+    exists = conn.execute(sa.select(policies.c.hash).where(policies.c.hash == policy_hash)).first()
+    if not exists:
+        conn.execute(policies.insert().values(hash=policy_hash, source=source, content=content, created_at=timestamp()))
+
+
+def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:
+    row = conn.execute(sa.select(policies.c.source, policies.c.content).where(policies.c.hash == policy_hash)).first()
+    if row is None:
+        raise RunNotFound(f"policy version {policy_hash[:12]} is not stored in this database")
+    return row.source, row.content
+
+
+def insert_run(conn: sa.Connection, **values: Any) -> None:
+    now = timestamp()
+    conn.execute(runs.insert().values(created_at=now, updated_at=now, steps=0, **values))
+
+
+def update_run(conn: sa.Connection, run_id: str, **values: Any) -> None:
+    conn.execute(runs.update().where(runs.c.id == run_id).values(updated_at=timestamp(), **values))
+
+
+def claim_run(conn: sa.Connection, run_id: str, from_status: str, to_status: str) -> bool:
+    """Move a run between statuses only if it is still in `from_status` (one winner)."""
+    res = conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.status == from_status)
+        .values(status=to_status, updated_at=timestamp())
+    )
+    return res.rowcount == 1
+
+
+def get_run(conn: sa.Connection, run_id: str) -> sa.Row[Any]:
+    row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+    if row is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    return row
+
+
+def list_runs(
+    conn: sa.Connection,
+    *,
+    status: str | None = None,
+    workflow: str | None = None,
+    limit: int | None = None,
+) -> Sequence[sa.Row[Any]]:
+    q = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id)
+    if status:
+        q = q.where(runs.c.status == status)
+    if workflow:
+        q = q.where(runs.c.workflow == workflow)
+    if limit:
+        q = q.limit(limit)
+    return conn.execute(q).all()
+
+
+def next_event_seq(conn: sa.Connection, run_id: str) -> int:
+    n = conn.execute(sa.select(sa.func.max(run_events.c.seq)).where(run_events.c.run_id == run_id)).scalar()
+    return (n or 0) + 1
+
+
+def append_events(conn: sa.Connection, run_id: str, events: Iterable[Event]) -> None:
+    rows = [
+        {
+            "run_id": run_id,
+            "seq": e.seq,
+            "kind": e.kind,
+            "step": e.step,
+            "state": e.state,
+            "call_id": e.call_id,
+            "data": e.data,
+            "created_at": e.created_at or timestamp(),
+        }
+        for e in events
+    ]
+    if rows:
+        conn.execute(run_events.insert(), rows)
+
+
+def load_events(conn: sa.Connection, run_id: str) -> list[Event]:
+    q = sa.select(run_events).where(run_events.c.run_id == run_id).order_by(run_events.c.seq)
+    return [Event(r.seq, r.kind, r.step, r.state, r.call_id, r.data, r.created_at) for r in conn.execute(q)]

@@ -1,0 +1,102 @@
+"""Tether's own tables. Alembic migrations in ./migrations create them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Policy files are stored by content hash so a run can be resumed and replayed
+# under exactly the policy it was decided under.
+policies = sa.Table(
+    "policies",
+    metadata,
+    sa.Column("hash", sa.String(64), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("workflow", sa.String(200), nullable=False, index=True),
+    sa.Column("workflow_ref", sa.String(400), nullable=False),
+    sa.Column("workflow_version", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False, index=True),
+    sa.Column("outcome", sa.String(200)),
+    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("started_by", sa.String(200), nullable=False),
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("policy_hash", sa.String(64), sa.ForeignKey("policies.hash"), nullable=False),
+    sa.Column("state", sa.String(200)),
+    sa.Column("steps", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.String(32), nullable=False, index=True),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)
+
+# The run's journal: every model choice, policy decision, approval and tool
+# result, in order. Re-executing the workflow against it reproduces the run.
+run_events = sa.Table(
+    "run_events",
+    metadata,
+    sa.Column("run_id", sa.String(40), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(200), nullable=False),
+    sa.Column("call_id", sa.String(64)),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("run_id", sa.String(40), sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("call_id", sa.String(64), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("tool", sa.String(200), nullable=False),
+    sa.Column("args", sa.JSON, nullable=False),
+    sa.Column("rules", sa.JSON, nullable=False),
+    sa.Column("policy_hash", sa.String(64), nullable=False),
+    sa.Column("proposer", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("requested_at", sa.String(32), nullable=False),
+    sa.Column("decided_by", sa.String(200)),
+    sa.Column("decided_at", sa.String(32)),
+    sa.Column("reason", sa.Text),
+)
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(40), index=True),
+    sa.Column("kind", sa.String(40), nullable=False),
+    # Canonical JSON text, stored verbatim so the hash can be recomputed.
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# One row: the last entry appended. Appends lock it, so the chain stays linear
+# with many writers, and a truncated tail no longer matches it.
+ledger_head = sa.Table(
+    "ledger_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)

@@ -1,0 +1,164 @@
+"""The tool proxy: the one path from a proposed call to a side effect.
+
+    validate (JSON Schema) -> gate (policy) -> [approval] -> execute (timeout) -> record
+
+The proxy does not know where records go; the caller hands it a `CallRecorder`
+(the run's journal and the ledger). `decided` must be durable when it returns:
+the decision is on disk before the side effect starts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jsonschema
+from pydantic import BaseModel, ValidationError
+
+from tether.errors import InvalidArguments, UnknownTool
+from tether.guardrails.policy import Decision, PolicySet
+from tether.record.canonical import to_jsonable
+from tether.tools.calls import ToolCall, ToolResult
+from tether.tools.registry import ToolRegistry
+from tether.tools.tool import Grant, Tool, ToolContext
+
+
+class CallRecorder(Protocol):
+    def proposed(self, call: ToolCall, args: dict[str, Any] | None, error: str | None) -> None: ...
+
+    def decided(self, call: ToolCall, decision: Decision) -> None: ...
+
+    def approval_requested(self, call: ToolCall, decision: Decision) -> str: ...
+
+    def finished(self, call: ToolCall, result: ToolResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A human's answer to an approval request, as the proxy needs it."""
+
+    id: str
+    approved: bool
+    by: str
+    reason: str | None
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    step: int
+    tenant: str
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return f"argument {path!r}: " if path else ""
+
+
+class ToolProxy:
+    def __init__(self, registry: ToolRegistry, *, max_workers: int = 8) -> None:
+        self.registry = registry
+        self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tether-tool")
+
+    def validate(self, call: ToolCall) -> tuple[Tool, BaseModel]:
+        """The tool and its parsed arguments, or UnknownTool / InvalidArguments."""
+        t = self.registry.get(call.tool)
+        error = jsonschema.exceptions.best_match(t._validator.iter_errors(call.args))
+        if error is not None:
+            raise InvalidArguments(f"invalid arguments for {t.name}: {_where(error)}{error.message}")
+        try:
+            return t, t.args_model.model_validate(call.args)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidArguments(f"invalid arguments for {t.name}: argument {where!r}: {first['msg']}") from None
+
+    def call(
+        self,
+        call: ToolCall,
+        *,
+        policy: PolicySet,
+        recorder: CallRecorder,
+        deps: Any,
+        run: RunInfo,
+        approval: Approval | None = None,
+    ) -> ToolResult:
+        try:
+            t, args = self.validate(call)
+        except (UnknownTool, InvalidArguments) as e:
+            recorder.proposed(call, None, str(e))
+            return self._finish(recorder, call, status="invalid", error=str(e))
+        clean = args.model_dump(mode="json")
+
+        if approval is None:
+            recorder.proposed(call, clean, None)
+            decision = policy.decide(t.name, clean)
+            recorder.decided(call, decision)
+            if decision.action == "deny":
+                return self._finish(recorder, call, status="denied", error=decision.reason, decision=decision)
+            if decision.action == "require_human_approval":
+                approval_id = recorder.approval_requested(call, decision)
+                return ToolResult(
+                    call_id=call.call_id,
+                    tool=call.tool,
+                    status="pending_approval",
+                    decision=decision,
+                    approval_id=approval_id,
+                )
+        else:
+            decision = approval.decision
+            if not approval.approved:
+                why = f"rejected by {approval.by}" + (f": {approval.reason}" if approval.reason else "")
+                return self._finish(
+                    recorder, call, status="rejected", error=why, decision=decision, approval_id=approval.id
+                )
+
+        grant = Grant(
+            call_id=call.call_id,
+            tool=t.name,
+            policy_hash=decision.policy_hash,
+            rules=tuple(decision.rules),
+            approval_id=approval.id if approval else None,
+        )
+        ctx = ToolContext(deps=deps, run_id=run.run_id, step=run.step, call_id=call.call_id, tenant=run.tenant, grant=grant)
+        status, output, error, ms = self._execute(t, ctx, args)
+        return self._finish(
+            recorder,
+            call,
+            status=status,
+            output=output,
+            error=error,
+            decision=decision,
+            approval_id=approval.id if approval else None,
+            duration_ms=ms,
+        )
+
+    def _execute(self, t: Tool, ctx: ToolContext[Any], args: BaseModel) -> tuple[Any, Any, str | None, float]:
+        start = time.perf_counter()
+        try:
+            if t.timeout_s is None:
+                out = t._fn(ctx, args)
+            else:
+                # A timed-out thread cannot be killed; it is abandoned and its
+                # late result discarded. Idempotency keys guard any late effect.
+                out = self._pool.submit(t._fn, ctx, args).result(timeout=t.timeout_s)
+        except cf.TimeoutError:
+            ms = (time.perf_counter() - start) * 1000
+            return "timeout", None, f"{t.name} did not finish within {t.timeout_s:g}s", ms
+        except Exception as e:  # noqa: BLE001 - a tool's failure is a result, not a crash
+            ms = (time.perf_counter() - start) * 1000
+            return "error", None, f"{type(e).__name__}: {e}", ms
+        ms = (time.perf_counter() - start) * 1000
+        return "ok", to_jsonable(out), None, ms
+
+    @staticmethod
+    def _finish(recorder: CallRecorder, call: ToolCall, **fields: Any) -> ToolResult:
+        result = ToolResult(call_id=call.call_id, tool=call.tool, **fields)
+        recorder.finished(call, result)
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,140 @@
+"""Declaring tools: a function, a strict pydantic argument model, a name.
+
+    class RefundArgs(Args):
+        transaction_id: str
+        amount_usd: float
+
+    @tool("payments.refund", timeout_s=5)
+    def refund(ctx: ToolContext[Systems], args: RefundArgs) -> Receipt:
+        "Refund a card transaction."
+
+The decorated object is a `Tool`, which cannot be called directly: the only way
+to run it is through the `ToolProxy`, which validates, gates and records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict
+
+from tether.errors import ToolError
+
+DepsT = TypeVar("DepsT")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+class Args(BaseModel):
+    """Base for tool argument models: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Proof handed to a tool that the gate authorised this exact call."""
+
+    call_id: str
+    tool: str
+    policy_hash: str
+    rules: tuple[str, ...]
+    approval_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolContext(Generic[DepsT]):
+    """What a tool receives besides its arguments (dependency injection)."""
+
+    deps: DepsT
+    run_id: str
+    step: int
+    call_id: str
+    tenant: str
+    grant: Grant
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable for (run, step, call): a retried or resumed call reuses it."""
+        return hashlib.sha256(f"{self.run_id}/{self.step}/{self.call_id}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, eq=False)
+class Tool:
+    name: str
+    description: str
+    args_model: type[BaseModel]
+    timeout_s: float | None
+    side_effect: bool
+    schema: dict[str, Any]
+    _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
+    _validator: jsonschema.protocols.Validator = field(repr=False)
+
+    def spec(self) -> dict[str, Any]:
+        """The tool as a model sees it: name, description, JSON Schema of its arguments."""
+        return {"name": self.name, "description": self.description, "parameters": self.schema}
+
+
+def _closed_objects(schema: Any, where: str = "") -> str | None:
+    """The first object schema that allows unknown fields, if any."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" and "properties" in schema and schema.get("additionalProperties") is not False:
+            return where or "the argument model"
+        for key, sub in schema.items():
+            found = _closed_objects(sub, f"{where}/{key}" if where else key)
+            if found:
+                return found
+    elif isinstance(schema, list):
+        for i, sub in enumerate(schema):
+            found = _closed_objects(sub, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def tool(
+    name: str,
+    *,
+    description: str | None = None,
+    timeout_s: float | None = 10.0,
+    side_effect: bool = True,
+) -> Callable[[Callable[..., Any]], Tool]:
+    """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs)."""
+    if not _NAME.match(name):
+        raise ToolError(f"tool name {name!r} must look like 'family.action' (lowercase, dot-separated)")
+    if timeout_s is not None and timeout_s <= 0:
+        raise ToolError(f"tool {name}: timeout_s must be positive")
+
+    def wrap(fn: Callable[..., Any]) -> Tool:
+        params = list(inspect.signature(fn).parameters)
+        if len(params) != 2:
+            raise ToolError(f"tool {name}: function must take (ctx, args), got {params}")
+        hints = typing.get_type_hints(fn)
+        args_model = hints.get(params[1])
+        if not (isinstance(args_model, type) and issubclass(args_model, BaseModel)):
+            raise ToolError(f"tool {name}: the 'args' parameter must be annotated with a pydantic model")
+        schema = args_model.model_json_schema()
+        open_at = _closed_objects(schema)
+        if open_at:
+            raise ToolError(f"tool {name}: {open_at} accepts unknown fields; derive it from tether.Args")
+        validator_cls = jsonschema.validators.validator_for(schema)
+        validator_cls.check_schema(schema)
+        doc = inspect.getdoc(fn) or ""
+        return Tool(
+            name=name,
+            description=description or doc.split("\n\n")[0].strip() or name,
+            args_model=args_model,
+            timeout_s=timeout_s,
+            side_effect=side_effect,
+            schema=schema,
+            _fn=fn,
+            _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
+        )
+
+    return wrap

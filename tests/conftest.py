@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tether.record.db import Database
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The offline classifier trains once per test session (a few seconds), then loads from here.
+    os.environ["TETHER_CACHE_DIR"] = str(tmp_path_factory.mktemp("models"))
+    os.environ.pop("TETHER_DB", None)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default .tether/ lands in the test's own folder
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tether.db'}"
+
+
+@pytest.fixture
+def db(db_url: str) -> Database:
+    d = Database(db_url)
+    yield d
+    d.dispose()
