@@ -23,9 +23,10 @@ def demo(tickets: int, seed: int, db_url: str | None, as_json: bool) -> None:
         if sys.stderr.isatty():
             click.echo(f"\r  triaging tickets: {done}/{total}", err=True, nl=done == total)
 
+    db = open_db(db_url, create=True)
     if not as_json:
         click.echo("loading the offline intent classifier (trained once, then cached)...", err=True)
-    s = run_demo(open_db(db_url, create=True), tickets=tickets, seed=seed, progress=progress)
+    s = run_demo(db, tickets=tickets, seed=seed, progress=progress)
     if as_json:
         echo_json(s.to_json())
         return

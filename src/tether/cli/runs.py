@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from typing import Any
 
@@ -9,7 +10,7 @@ import click
 
 from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db, parse_json_object
 from tether.guardrails.policy import PolicySet
-from tether.orchestration.runtime import Runtime, default_user
+from tether.orchestration.runtime import FAILED_STATUSES, Runtime, default_user
 from tether.orchestration.workflow import load
 from tether.record import runs as store
 
@@ -45,6 +46,8 @@ def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, polic
         echo_json(r.__dict__)
     else:
         click.echo(result_line(r))
+    if r.status in FAILED_STATUSES:
+        sys.exit(1)
 
 
 @click.group(invoke_without_command=True)

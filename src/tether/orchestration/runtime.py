@@ -29,7 +29,8 @@ from tether.tools.proxy import ToolProxy
 
 # Statuses a run can have. The first two are not final.
 RUNNING, WAITING = "running", "waiting_approval"
-FINAL_STATUSES = ("completed", "escalated", "failed", "budget_exhausted", "loop_detected")
+FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected")
+FINAL_STATUSES = ("completed", "escalated", *FAILED_STATUSES)
 
 
 @dataclass(frozen=True)

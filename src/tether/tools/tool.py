@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,6 +99,14 @@ def _closed_objects(schema: Any, where: str = "") -> str | None:
     return None
 
 
+def _annotation(fn: Callable[..., Any], param: str, caller_locals: dict[str, Any]) -> Any:
+    """The parameter's type, resolving string annotations in the module and the declaring scope."""
+    try:
+        return typing.get_type_hints(fn, localns=caller_locals).get(param)
+    except NameError as e:
+        raise ToolError(f"tool function {fn.__qualname__}: cannot resolve its annotations ({e})") from None
+
+
 def tool(
     name: str,
     *,
@@ -115,8 +124,7 @@ def tool(
         params = list(inspect.signature(fn).parameters)
         if len(params) != 2:
             raise ToolError(f"tool {name}: function must take (ctx, args), got {params}")
-        hints = typing.get_type_hints(fn)
-        args_model = hints.get(params[1])
+        args_model = _annotation(fn, params[1], sys._getframe(1).f_locals)
         if not (isinstance(args_model, type) and issubclass(args_model, BaseModel)):
             raise ToolError(f"tool {name}: the 'args' parameter must be annotated with a pydantic model")
         schema = args_model.model_json_schema()

@@ -130,6 +130,9 @@ def bank(seed: int = BANK_SEED, n: int = CUSTOMERS) -> dict[str, list[dict[str, 
 
 def seed_bank(sys: systems.Systems, seed: int = BANK_SEED, n: int = CUSTOMERS) -> int:
     """Insert the generated bank if it is not there yet. Returns customers added."""
+    with sys.db.read() as conn:
+        if conn.execute(sa.select(sa.func.count()).select_from(systems.customers)).scalar() >= n:
+            return 0
     data = bank(seed, n)
     with sys.db.transaction() as conn:
         have = set(conn.execute(sa.select(systems.customers.c.id)).scalars())

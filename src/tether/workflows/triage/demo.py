@@ -53,8 +53,7 @@ def run_demo(
     seed: int = 7,
     progress: Callable[[int, int], None] | None = None,
 ) -> DemoSummary:
-    sys = systems.Systems(db)
-    data.seed_bank(sys)
+    systems.Systems(db)
     t0 = time.perf_counter()
     classifier()  # load (or train once and cache) before the clock for runs starts
     model_load_s = time.perf_counter() - t0

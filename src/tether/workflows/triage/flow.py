@@ -46,7 +46,11 @@ class Ticket(BaseModel):
 
 
 def _deps(db: Database) -> Systems:
-    return Systems(db)
+    from tether.workflows.triage.data import seed_bank
+
+    systems = Systems(db)
+    seed_bank(systems)  # the generated bank the tickets refer to; a no-op once present
+    return systems
 
 
 def _model() -> Any:
