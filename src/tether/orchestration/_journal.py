@@ -60,8 +60,7 @@ class Journal:
 
     def _write(self, conn: Any, **run_values: Any) -> None:
         store.append_events(conn, self.run_id, self._events)
-        for kind, body in self._ledger:
-            ledger.append(conn, kind, body, run_id=self.run_id)
+        ledger.append_many(conn, self._ledger, run_id=self.run_id)
         store.update_run(conn, self.run_id, steps=self.step, state=self.state, **run_values)
         self._events, self._ledger = [], []
 
@@ -103,7 +102,8 @@ class Journal:
         if result.approval_id:
             body["approval_id"] = result.approval_id
         self.add_ledger("result", body)
-        self.flush()
+        # Not flushed here: it rides with the next decision or the run's end. A
+        # crash before that re-runs the call under the same idempotency key.
 
     def _proposal_args(self, call: ToolCall) -> dict[str, Any]:
         for e in reversed(self._by_op.get(call.call_id, [])):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,8 @@ class Workflow(Generic[InputT, DepsT]):
         self.ref = ref or name
         self.states: dict[str, State] = {}
         self.initial: str | None = None
+        self._version: str | None = None
+        self._policy_cache: tuple[tuple[int, int] | None, PolicySet] | None = None
 
     def state(
         self, name: str | None = None, *, initial: bool = False, goes_to: Iterable[str] = ()
@@ -98,6 +101,7 @@ class Workflow(Generic[InputT, DepsT]):
             if state_name in self.states:
                 raise WorkflowError(f"workflow {self.name}: state {state_name!r} is declared twice")
             self.states[state_name] = State(state_name, fn, tuple(goes_to))
+            self._version = None
             if initial:
                 if self.initial is not None:
                     raise WorkflowError(f"workflow {self.name}: two initial states ({self.initial}, {state_name})")
@@ -116,15 +120,28 @@ class Workflow(Generic[InputT, DepsT]):
                     raise WorkflowError(f"workflow {self.name}: state {s.name!r} goes to unknown state {target!r}")
 
     def policy(self) -> PolicySet:
+        """The workflow's policy; a file is re-read only when it changes on disk."""
         if isinstance(self._policy, PolicySet):
             return self._policy
         if self._policy is None:
             raise WorkflowError(f"workflow {self.name} has no default policy; pass one to the runtime")
-        return PolicySet.load(self._policy)
+        try:
+            st = os.stat(self._policy)
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None  # let load() report the problem
+        if stamp is None or self._policy_cache is None or self._policy_cache[0] != stamp:
+            self._policy_cache = (stamp, PolicySet.load(self._policy))
+        return self._policy_cache[1]
 
     @property
     def version(self) -> str:
         """A hash of the workflow's code and limits: a run records the version it ran under."""
+        if self._version is None:
+            self._version = self._compute_version()
+        return self._version
+
+    def _compute_version(self) -> str:
         h = hashlib.sha256()
         h.update(f"{self.name}|{self.max_steps}|{self.max_calls_per_step}|{self.initial}".encode())
         for s in sorted(self.states.values(), key=lambda s: s.name):

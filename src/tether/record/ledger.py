@@ -12,7 +12,7 @@ consistent chain: anchor the head outside the database (export manifests) for th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -49,8 +49,17 @@ class LedgerEntry:
 
 
 def entry_hash(seq: int, ts: str, run_id: str | None, kind: str, body: Any, prev_hash: str) -> str:
-    payload = {"seq": seq, "ts": ts, "run_id": run_id, "kind": kind, "body": body, "prev_hash": prev_hash}
-    return sha256_hex(canonical_json(payload))
+    return _hash(seq, ts, run_id, kind, canonical_json(body), prev_hash)
+
+
+def _hash(seq: int, ts: str, run_id: str | None, kind: str, body_bytes: bytes, prev_hash: str) -> str:
+    # The canonical JSON (RFC 8785) of {seq, ts, run_id, kind, body, prev_hash}, built
+    # around the body's canonical bytes: JCS orders keys, and these keys are ASCII.
+    parts = [b'{"body":', body_bytes]
+    for key, value in (("kind", kind), ("prev_hash", prev_hash), ("run_id", run_id), ("seq", seq), ("ts", ts)):
+        parts += [b',"', key.encode(), b'":', canonical_json(value)]
+    parts.append(b"}")
+    return sha256_hex(b"".join(parts))
 
 
 @dataclass(frozen=True)
@@ -69,24 +78,34 @@ class VerifyReport:
 
 def append(conn: sa.Connection, kind: str, body: dict[str, Any], run_id: str | None = None) -> LedgerEntry:
     """Append one entry inside the caller's transaction (it commits with it)."""
+    return append_many(conn, [(kind, body)], run_id)[0]
+
+
+def append_many(conn: sa.Connection, items: Sequence[tuple[str, dict[str, Any]]], run_id: str | None = None) -> list[LedgerEntry]:
+    """Append entries in order inside the caller's transaction: one head lock, one insert."""
+    if not items:
+        return []
     head = conn.execute(
         sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger_head.c.id == 1).with_for_update()
     ).first()
-    prev_seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS)
-    seq = prev_seq + 1
+    seq, prev_hash = (head.seq, head.hash) if head else (0, GENESIS)
     ts = timestamp()
-    body_bytes = canonical_json(body)
-    h = entry_hash(seq, ts, run_id, kind, json.loads(body_bytes), prev_hash)
-    conn.execute(
-        ledger_entries.insert().values(
-            seq=seq, ts=ts, run_id=run_id, kind=kind, body=body_bytes.decode(), prev_hash=prev_hash, hash=h
-        )
-    )
+    out: list[LedgerEntry] = []
+    rows = []
+    for kind, body in items:
+        seq += 1
+        body_bytes = canonical_json(body)
+        h = _hash(seq, ts, run_id, kind, body_bytes, prev_hash)
+        text = body_bytes.decode()
+        rows.append({"seq": seq, "ts": ts, "run_id": run_id, "kind": kind, "body": text, "prev_hash": prev_hash, "hash": h})
+        out.append(LedgerEntry(seq, ts, run_id, kind, json.loads(text), prev_hash, h))
+        prev_hash = h
+    conn.execute(ledger_entries.insert(), rows)
     if head:
-        conn.execute(ledger_head.update().where(ledger_head.c.id == 1).values(seq=seq, hash=h))
+        conn.execute(ledger_head.update().where(ledger_head.c.id == 1).values(seq=seq, hash=prev_hash))
     else:
-        conn.execute(ledger_head.insert().values(id=1, seq=seq, hash=h))
-    return LedgerEntry(seq, ts, run_id, kind, json.loads(body_bytes), prev_hash, h)
+        conn.execute(ledger_head.insert().values(id=1, seq=seq, hash=prev_hash))
+    return out
 
 
 def verify_entries(entries: Iterable[LedgerEntry], head: tuple[int, str] | None = None) -> VerifyReport:
