@@ -134,3 +134,12 @@ def test_missing_and_corrupt_database(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "is not a tether database" in r.stderr
     r = CliRunner().invoke(cli, ["ledger", "verify", "--db", "nosuchdialect://x"])
     assert r.exit_code == 1 and r.stderr.startswith("error: cannot open database")
+
+
+def test_schema_revision_constant_matches_the_migrations() -> None:
+    from alembic.script import ScriptDirectory
+
+    from tether.record.db import _alembic_config
+    from tether.record.migrations import SCHEMA_REVISION
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == SCHEMA_REVISION

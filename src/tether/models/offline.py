@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
-import numpy as np
-
 from tether.models.base import Choice, DecisionRequest
 
 _VERSION = "tfidf-svm-temp/1"  # bump when the pipeline below changes
@@ -68,6 +65,7 @@ class TextClassifier:
         cls, key: str, data: Callable[[], tuple[Sequence[str], Sequence[str]]], *, seed: int = 0, name: str = "offline"
     ) -> TextClassifier:
         """Load the model trained for `key`, training and saving it on a miss."""
+        import joblib
         import sklearn
 
         tag = hashlib.sha256(f"{key}|{seed}|{_VERSION}|{sklearn.__version__}".encode()).hexdigest()[:20]
@@ -86,6 +84,8 @@ class TextClassifier:
         return model
 
     def predict(self, texts: Sequence[str], top: int = 3) -> list[Prediction]:
+        import numpy as np
+
         proba = self._pipeline.predict_proba(list(texts))
         out = []
         for row in proba:
@@ -98,6 +98,8 @@ class TextClassifier:
         text = request.observation.get("text")
         if not isinstance(text, str):
             raise ValueError(f"decision point {request.point!r}: the offline classifier needs observation['text']")
+        import numpy as np
+
         proba = self._pipeline.predict_proba([text])[0]
         allowed = {o for o in request.options}
         ranked = [(self.labels[i], float(proba[i])) for i in np.argsort(proba)[::-1] if self.labels[i] in allowed]

@@ -12,14 +12,11 @@ import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-
 from tether.errors import StoreError
+from tether.record.migrations import SCHEMA_REVISION
 
 DEFAULT_URL = "sqlite:///.tether/tether.db"
 
@@ -29,7 +26,9 @@ def timestamp() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-def _alembic_config() -> Config:
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", "tether.record:migrations")
     return cfg
@@ -98,20 +97,23 @@ class Database:
         return self.url.render_as_string(hide_password=True)
 
     def _migrate(self, create: bool) -> None:
-        cfg = _alembic_config()
-        head = ScriptDirectory.from_config(cfg).get_current_head()
         try:
             with self.read() as conn:
-                current = MigrationContext.configure(conn).get_current_revision()
-                has_tables = bool(sa.inspect(conn).get_table_names())
+                tables = set(sa.inspect(conn).get_table_names())
+                current = None
+                if "alembic_version" in tables:
+                    current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         except sa.exc.DatabaseError as e:
             raise StoreError(f"cannot read database {self.label}: {_first_line(e)}") from None
-        if current == head:
+        if current == SCHEMA_REVISION:
             return
-        if current is None and has_tables:
+        if current is None and tables:
             raise StoreError(f"{self.label} is not a tether database (it has tables but no tether schema)")
         if current is None and not create:
             raise StoreError(f"{self.label} is not a tether database (empty)")
+        from alembic import command  # only when the schema must change: alembic is slow to import
+
+        cfg = _alembic_config()
         try:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
