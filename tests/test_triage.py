@@ -125,13 +125,18 @@ def test_lost_card_freezes_cards_and_alerts(db: Database, bank: systems.Systems)
         assert conn.execute(sa.select(systems.chat_messages.c.channel)).scalars().all() == ["#fraud-alerts"]
 
 
-def test_large_refund_waits_for_a_second_person(db: Database, bank: systems.Systems) -> None:
-    # Find a customer whose newest card payment is between $100 and $1,000.
+def _customers_with_refund_between(bank: systems.Systems, low: float, high: float) -> list[tuple[str, tuple[str, float]]]:
+    found = []
     for i in range(data.CUSTOMERS):
         cid = data.customer_id(i)
         target = refund_target(ROUTES["request_refund"], bank.lookup_customer(cid)["transactions"])
-        if target and 100 < target[1] <= 1000:
-            break
+        if target and low < target[1] <= high:
+            found.append((cid, target))
+    return found
+
+
+def test_large_refund_waits_for_a_second_person(db: Database, bank: systems.Systems) -> None:
+    (cid, target), (cid2, target2) = _customers_with_refund_between(bank, 100, 1000)[:2]
     tid = _ticket(db, bank, "T-refund", cid, "I would like a refund for my last purchase please")
     r = Runtime(db).start(workflow, {"ticket_id": tid}, started_by="intake")
     assert r.status == "waiting_approval"
@@ -148,6 +153,26 @@ def test_large_refund_waits_for_a_second_person(db: Database, bank: systems.Syst
         [refund] = conn.execute(sa.select(systems.refunds)).all()
     assert (refund.transaction_id, refund.amount_cents) == (target[0], round(target[1] * 100))
     assert _ticket_row(db, tid).status == "solved"
+
+    # Decided where nothing resumed the run (say the decider's process died): `runs resume` finishes it.
+    tid2 = _ticket(db, bank, "T-refund-2", cid2, "I would like a refund for my last purchase please")
+    r2 = Runtime(db).start(workflow, {"ticket_id": tid2}, started_by="intake")
+    ApprovalInbox(db).decide(r2.approval_id or "", approve=True, by="lead")
+    assert Runtime(db).get(r2.run_id).status == "waiting_approval"
+    res = runner.invoke(cli, ["runs", "resume", r2.run_id, "--db", db_url])
+    assert res.exit_code == 0 and f"{r2.run_id} completed refund_issued" in res.output, res.stderr
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(systems.refunds)).scalar() == 2
+
+
+def test_refund_above_the_agent_limit_is_denied(db: Database, bank: systems.Systems) -> None:
+    cid, _ = _customers_with_refund_between(bank, 1000, 100_000)[0]
+    tid = _ticket(db, bank, "T-huge", cid, "I want a refund for the payment I made yesterday")
+    r = Runtime(db).start(workflow, {"ticket_id": tid}, started_by="intake")
+    assert (r.status, r.outcome) == ("escalated", "escalated:policy_denied")
+    assert ApprovalInbox(db).list() == []  # denied outright, no human asked
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(systems.refunds)).scalar() == 0
 
 
 def test_account_deletion_is_denied_and_escalated(db: Database, bank: systems.Systems) -> None:

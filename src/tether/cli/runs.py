@@ -119,6 +119,29 @@ def _describe(e: store.Event) -> str:
 
 
 @runs.command()
+@click.argument("run_id", metavar="RUN")
+@db_option
+@json_option
+@one_line_errors
+def resume(run_id: str, db_url: str | None, as_json: bool) -> None:
+    """Re-drive a paused run whose approval was decided (e.g. after the decider's process died)."""
+    db = open_db(db_url)
+    with db.read() as conn:
+        ref = store.get_run(conn, run_id).workflow_ref
+    runtime = Runtime(db)
+    try:
+        r = runtime.resume(run_id, load(ref))
+    finally:
+        runtime.close()
+    if as_json:
+        echo_json(r.__dict__)
+    else:
+        click.echo(result_line(r))
+    if r.status in FAILED_STATUSES:
+        sys.exit(1)
+
+
+@runs.command()
 @db_option
 @json_option
 @one_line_errors
