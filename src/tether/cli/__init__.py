@@ -6,8 +6,10 @@ import click
 
 from tether.cli.approvals import approvals
 from tether.cli.demo import demo
+from tether.cli.eval import eval_
 from tether.cli.ledger import ledger
 from tether.cli.policy import policy
+from tether.cli.replay import replay
 from tether.cli.runs import run, runs
 
 
@@ -17,7 +19,7 @@ def cli() -> None:
     """tether: run LLM agent workflows with bounded autonomy."""
 
 
-for command in (demo, run, runs, approvals, policy, ledger):
+for command in (demo, run, runs, approvals, policy, ledger, replay, eval_):
     cli.add_command(command)
 
 

@@ -110,3 +110,24 @@ class Journal:
             if e.kind == "proposal":
                 return dict(e.data["args"])
         return call.args
+
+
+@dataclass
+class MemoryJournal(Journal):
+    """A journal that writes nothing: replay re-executes a run without touching the database."""
+
+    written: list[store.Event] = field(default_factory=list)
+    run_values: dict[str, Any] = field(default_factory=dict)
+
+    def flush(self, **run_values: Any) -> None:
+        self.written.extend(self._events)
+        self._events, self._ledger = [], []
+        self.run_values.update(run_values, steps=self.step, state=self.state)
+
+    def approval_requested(self, call: ToolCall, decision: Decision) -> str:
+        approval_id = f"replay-{call.call_id}"
+        self.add("approval_requested", call.call_id, {"approval_id": approval_id})
+        return approval_id
+
+    def events(self) -> list[store.Event]:
+        return [*self.written, *self._events]

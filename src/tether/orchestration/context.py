@@ -52,6 +52,7 @@ class RunContext(Generic[InputT, DepsT]):
         policy: PolicySet,
         deps: DepsT,
         model: Callable[[], Model],
+        approval_source: Callable[[ToolCall, Decision], Approval | None] | None = None,
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -64,6 +65,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._proxy = proxy
         self._policy = policy
         self._model = model
+        self._approval_source = approval_source  # replay answers approvals from the recording
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
 
@@ -156,7 +158,12 @@ class RunContext(Generic[InputT, DepsT]):
                 return done
         result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self.deps, run=self._info())
         if result.status == "pending_approval":
-            raise Suspend(result.approval_id or "")
+            approval = self._approval_source(call, result.decision) if self._approval_source and result.decision else None
+            if approval is None:
+                raise Suspend(result.approval_id or "")
+            self._journal.approval_applied(call, approval.id, approval.approved, approval.by)
+            result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self.deps,
+                                      run=self._info(), approval=approval)  # fmt: skip
         return result
 
     def _info(self) -> RunInfo:

@@ -118,6 +118,10 @@ class Runtime:
         parsed = workflow.parse_input(row.input)
         return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded)
 
+    def deps(self, workflow: Workflow[Any, Any]) -> Any:
+        """The workflow's dependencies (its systems of record) as this runtime's runs see them."""
+        return self._deps_for(workflow)
+
     def get(self, run_id: str) -> RunResult:
         with self.db.read() as conn:
             return _result_from_row(store.get_run(conn, run_id))
@@ -143,20 +147,9 @@ class Runtime:
             journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
             model=lambda: self._model_for(workflow),
         )  # fmt: skip
-        state = workflow.initial or ""
-        step = 0
         try:
-            while True:
-                step += 1
-                if step > workflow.max_steps:
-                    raise EndRun("budget_exhausted", f"step budget of {workflow.max_steps} steps used up in {state!r}")
-                ctx._enter(state, step)
-                nxt = workflow.states[state].fn(ctx)
-                if isinstance(nxt, End):
-                    return self._finish(journal, workflow, nxt.status, nxt.outcome, nxt.error)
-                if nxt not in workflow.states[state].goes_to:
-                    raise WorkflowError(f"state {state!r} went to {nxt!r}, which is not in its goes_to")
-                state = nxt
+            end = drive(workflow, ctx)
+            return self._finish(journal, workflow, end.status, end.outcome, end.error)
         except Suspend as s:
             # Normally already written with the approval request; a resumed run
             # whose approval is still pending goes back to waiting here.
@@ -198,6 +191,23 @@ class Runtime:
                 raise WorkflowError(f"workflow {workflow.name} asks a model but none is configured")
             self._models[workflow.name] = factory()
         return self._models[workflow.name]
+
+
+def drive(workflow: Workflow[Any, Any], ctx: RunContext[Any, Any]) -> End:
+    """Walk the state machine from its initial state; the step budget bounds the walk."""
+    state = workflow.initial or ""
+    step = 0
+    while True:
+        step += 1
+        if step > workflow.max_steps:
+            raise EndRun("budget_exhausted", f"step budget of {workflow.max_steps} steps used up in {state!r}")
+        ctx._enter(state, step)
+        nxt = workflow.states[state].fn(ctx)
+        if isinstance(nxt, End):
+            return nxt
+        if nxt not in workflow.states[state].goes_to:
+            raise WorkflowError(f"state {state!r} went to {nxt!r}, which is not in its goes_to")
+        state = nxt
 
 
 def _result_from_row(row: Any) -> RunResult:

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 InputT = TypeVar("InputT", bound=BaseModel)
 DepsT = TypeVar("DepsT")
+DepsT_contra = TypeVar("DepsT_contra", contravariant=True)
 
 EndStatus = Literal["completed", "escalated", "failed"]
 
@@ -51,6 +52,22 @@ class End:
 
 
 Next = str | End
+
+
+class EvalHooks(Protocol[DepsT_contra]):
+    """What `tether eval` needs from a workflow to score runs on their final state."""
+
+    def setup(self, deps: DepsT_contra, setup: dict[str, Any]) -> None:
+        """Put a case's preconditions into the systems of record (a fresh copy per case)."""
+
+    def final_state(self, deps: DepsT_contra, case: dict[str, Any]) -> dict[str, Any]:
+        """The state a case's assertions are checked against, as plain JSON."""
+
+    def observed_route(self, actions: list[Any], status: str) -> str | None:
+        """The route the run took (for per-route accuracy), from its actions."""
+
+    def setup_from_run(self, deps: DepsT_contra, run_input: dict[str, Any]) -> dict[str, Any]:
+        """The preconditions a recorded run started from, so `replay --save-case` can rebuild them."""
 StateFn = Callable[["RunContext[Any, Any]"], Next]
 
 
@@ -75,6 +92,7 @@ class Workflow(Generic[InputT, DepsT]):
         max_calls_per_step: int = 8,
         description: str = "",
         ref: str | None = None,
+        evals: EvalHooks[DepsT] | None = None,
     ) -> None:
         if max_steps < 1 or max_calls_per_step < 1:
             raise WorkflowError(f"workflow {name}: max_steps and max_calls_per_step must be at least 1")
@@ -87,6 +105,7 @@ class Workflow(Generic[InputT, DepsT]):
         self.max_steps = max_steps
         self.max_calls_per_step = max_calls_per_step
         self.description = description
+        self.evals = evals
         self.ref = ref or name
         self.states: dict[str, State] = {}
         self.initial: str | None = None

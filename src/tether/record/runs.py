@@ -37,9 +37,13 @@ def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:
     return row.source, row.content
 
 
+# Bump when the meaning of recorded events changes; replay refuses other formats.
+RECORD_FORMAT = 1
+
+
 def insert_run(conn: sa.Connection, **values: Any) -> None:
     now = timestamp()
-    conn.execute(runs.insert().values(created_at=now, updated_at=now, steps=0, **values))
+    conn.execute(runs.insert().values(created_at=now, updated_at=now, steps=0, record_format=RECORD_FORMAT, **values))
 
 
 def update_run(conn: sa.Connection, run_id: str, **values: Any) -> None:

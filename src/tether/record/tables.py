@@ -40,6 +40,8 @@ runs = sa.Table(
     sa.Column("state", sa.String(200)),
     sa.Column("steps", sa.Integer, nullable=False, default=0),
     sa.Column("error", sa.Text),
+    # The journal format; replay refuses formats it does not know.
+    sa.Column("record_format", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("updated_at", sa.String(32), nullable=False),
 )

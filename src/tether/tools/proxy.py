@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jsonschema
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from tether.errors import InvalidArguments, UnknownTool
 from tether.guardrails.policy import Decision, PolicySet
 from tether.record.canonical import to_jsonable
-from tether.tools.calls import ToolCall, ToolResult
+from tether.tools.calls import CallStatus, ToolCall, ToolResult
 from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Grant, Tool, ToolContext
 
@@ -58,10 +59,21 @@ def _where(error: jsonschema.ValidationError) -> str:
     return f"argument {path!r}: " if path else ""
 
 
+Outcome = tuple[CallStatus, Any, str | None, float]  # status, output, error, duration in ms
+Executor = Callable[[Tool, ToolContext[Any], BaseModel], Outcome]
+
+
 class ToolProxy:
-    def __init__(self, registry: ToolRegistry, *, max_workers: int = 8) -> None:
+    """Validates, gates, executes and records tool calls.
+
+    `executor` replaces how an authorised call is carried out; replay uses it to
+    answer from a recording instead of touching live systems.
+    """
+
+    def __init__(self, registry: ToolRegistry, *, max_workers: int = 8, executor: Executor | None = None) -> None:
         self.registry = registry
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tether-tool")
+        self._executor: Executor = executor or self._execute
 
     def validate(self, call: ToolCall) -> tuple[Tool, BaseModel]:
         """The tool and its parsed arguments, or UnknownTool / InvalidArguments."""
@@ -124,7 +136,7 @@ class ToolProxy:
             approval_id=approval.id if approval else None,
         )
         ctx = ToolContext(deps=deps, run_id=run.run_id, step=run.step, call_id=call.call_id, tenant=run.tenant, grant=grant)
-        status, output, error, ms = self._execute(t, ctx, args)
+        status, output, error, ms = self._executor(t, ctx, args)
         return self._finish(
             recorder,
             call,
@@ -136,7 +148,7 @@ class ToolProxy:
             duration_ms=ms,
         )
 
-    def _execute(self, t: Tool, ctx: ToolContext[Any], args: BaseModel) -> tuple[Any, Any, str | None, float]:
+    def _execute(self, t: Tool, ctx: ToolContext[Any], args: BaseModel) -> Outcome:
         start = time.perf_counter()
         try:
             if t.timeout_s is None:

@@ -16,7 +16,7 @@ from tether.record.db import Database, timestamp
 from tether.record.ledger import Ledger
 from tether.record.tables import run_events
 from tether.workflows.triage import data, systems
-from tether.workflows.triage.flow import CONFIDENCE_THRESHOLD, workflow
+from tether.workflows.triage.flow import confidence_threshold, workflow
 from tether.workflows.triage.model import classifier
 
 DEMO_USER = "demo"
@@ -116,7 +116,8 @@ def _tally(db: Database, run_ids: list[str]) -> tuple[Counter[str], set[str], in
     with db.read() as conn:
         for run_id, kind, ev in conn.execute(q):
             if kind == "choice":
-                low += ev["choice"]["error"] is None and ev["choice"]["confidence"] < CONFIDENCE_THRESHOLD
+                c = ev["choice"]
+                low += c["error"] is None and c["confidence"] < confidence_threshold(c["option"])
             elif ev["status"] == "ok" and workflow.tools.get(ev["tool"]).side_effect:
                 actions[ev["tool"]] += 1
             elif ev["status"] == "denied":

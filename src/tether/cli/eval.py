@@ -1,0 +1,79 @@
+"""`tether eval GOLDEN.jsonl [--gate] [--baseline RESULT.json]`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from tether.cli._common import echo_json, json_option, one_line_errors
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tether-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@click.command(name="eval")
+@click.argument("golden", metavar="GOLDEN.jsonl")
+@click.option("--concurrency", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Parallel processes.")
+@click.option("--gate", is_flag=True, help="Exit 1 when a threshold is missed (or a baseline regression found).")
+@click.option("--thresholds", type=click.Path(dir_okay=False), help="YAML of metric: condition (default: the seed's).")
+@click.option("--baseline", type=click.Path(dir_okay=False), help="An earlier result JSON to compare with.")
+@click.option("--policies", "policy_file", type=click.Path(dir_okay=False), help="Run under this policy file.")
+@click.option("--workflow", "workflow_ref", default=None, help="Run every case under this workflow instead.")
+@click.option("--out", default=None, help="Write the result JSON here.")
+@click.option("--html", "html_out", default=None, help="Write a self-contained HTML report here.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N cases.")
+@json_option
+@one_line_errors
+def eval_(golden: str, concurrency: int, gate: bool, thresholds: str | None, baseline: str | None,
+          policy_file: str | None, workflow_ref: str | None, out: str | None, html_out: str | None,
+          limit: int | None, as_json: bool) -> None:  # fmt: skip
+    """Run a golden set and score actions and final state."""
+    from tether.evals.golden import check_cases, load_cases
+    from tether.evals.metrics import aggregate, apply_gates, compare, load_gates
+    from tether.evals.report import html_report, terminal
+    from tether.evals.runner import run_cases
+    from tether.guardrails.policy import PolicySet
+
+    cases = load_cases(golden)[:limit]
+    gates = load_gates(thresholds)  # a bad thresholds file fails before any case runs
+    policy = PolicySet.load(policy_file) if policy_file else None
+    check_cases(cases, workflow_ref)  # unknown workflows and tools fail before any case runs
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            click.echo(f"\r  eval: {done}/{total} cases", err=True, nl=done == total)
+
+    start = time.perf_counter()
+    results = run_cases(cases, concurrency=concurrency, policy=policy, workflow=workflow_ref, progress=progress)
+    result = aggregate(results, source=Path(golden).name)
+    result.wall_s = round(time.perf_counter() - start, 3)
+    result.cases_per_s = round(len(results) / result.wall_s, 2) if result.wall_s else 0.0
+    if baseline:
+        compare(result, baseline)
+    apply_gates(result, gates)  # reported either way; only --gate changes the exit code
+    data = result.to_json()
+    if out:
+        _write_atomic(out, json.dumps(data, indent=1))
+    if html_out:
+        _write_atomic(html_out, html_report(result))
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(terminal(result))
+    if gate and not result.gate_passed:
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Action-based evals: golden sets, scoring on actions and final state, gates, reports."""

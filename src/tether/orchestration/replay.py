@@ -1,0 +1,241 @@
+"""Replay: re-execute a recorded run against its recording, under patched code or policies.
+
+The workflow's state functions run again. Model questions are answered from the
+recorded choices, authorised tool calls from the recorded results, approvals
+from the recorded decisions; the policy gate decides afresh (under the policy
+given, or the one the run was recorded under). Nothing is written and no live
+system or model is called: when the code asks for something the recording does
+not hold, replay stops there and says so.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tether.errors import RunNotFound, TetherError
+from tether.guardrails.policy import Decision, PolicySet
+from tether.models.base import Choice, DecisionRequest
+from tether.orchestration._journal import MemoryJournal
+from tether.orchestration.context import EndRun, RunContext, Suspend
+from tether.orchestration.runtime import drive
+from tether.orchestration.workflow import Workflow, load
+from tether.record import runs as store
+from tether.record.canonical import digest
+from tether.record.db import Database
+from tether.tools.calls import ToolCall
+from tether.tools.proxy import Approval, Outcome, ToolProxy
+from tether.tools.tool import Tool, ToolContext
+
+
+class ReplayGap(TetherError):
+    """The replayed code needs an answer the recording does not hold."""
+
+
+class IncompatibleRecording(TetherError):
+    pass
+
+
+@dataclass(frozen=True)
+class Action:
+    """One proposed tool call of a run, with what the gate and the tool made of it."""
+
+    step: int
+    state: str
+    tool: str
+    args: dict[str, Any]
+    decision: str | None  # None: refused before the gate (invalid)
+    rules: list[str]
+    status: str  # ok | invalid | denied | pending_approval | rejected | error | timeout
+
+    @property
+    def key(self) -> str:
+        return digest([self.tool, self.args])
+
+
+def actions(events: list[store.Event]) -> list[Action]:
+    """The run's tool calls in order, from its journal (a re-proposed call counts once)."""
+    by_call: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for e in events:
+        if e.call_id is None or "." not in e.call_id:
+            continue
+        a = by_call.get(e.call_id)
+        if e.kind == "proposal" and a is None:
+            a = by_call[e.call_id] = {"step": e.step, "state": e.state, "tool": e.data["tool"], "args": e.data["args"],
+                                      "decision": None, "rules": [], "status": "invalid" if e.data.get("error") else "proposed"}  # fmt: skip
+            order.append(e.call_id)
+        elif a is None:
+            continue
+        elif e.kind == "decision":
+            a["decision"], a["rules"] = e.data["action"], e.data["rules"]
+            if e.data["action"] == "require_human_approval":
+                a["status"] = "pending_approval"
+        elif e.kind == "result":
+            a["status"] = e.data["status"]
+    return [Action(**by_call[c]) for c in order]
+
+
+@dataclass
+class DiffEntry:
+    kind: str  # same | changed | added | missing
+    step: int
+    original: Action | None
+    replayed: Action | None
+    what: str = ""
+
+
+@dataclass
+class ReplayReport:
+    run_id: str
+    workflow: str
+    original_status: str
+    replay_status: str
+    same: bool
+    first_divergence: int | None
+    diff: list[DiffEntry]
+    stopped: str | None
+    policy_hash: str
+    original_policy_hash: str
+    workflow_version: str
+    original_workflow_version: str
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Recording:
+    """The recorded answers, consumed in order as the replayed code asks for them."""
+
+    def __init__(self, run_id: str, events: list[store.Event]) -> None:
+        self.run_id = run_id
+        self.choices: dict[tuple[str, str], list[Choice]] = defaultdict(list)
+        self.results: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        # Approvals are keyed by what the code sent, results by the validated arguments.
+        self.approvals: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        proposals: dict[str, tuple[str, str]] = {}
+        for e in events:
+            if e.kind == "choice":
+                self.choices[(e.data["point"], e.data["request_digest"])].append(Choice.model_validate(e.data["choice"]))
+            elif e.kind == "proposal" and e.call_id:
+                sent = f"{e.data['tool']}|{e.data['sent_digest']}"
+                proposals.setdefault(e.call_id, (digest([e.data["tool"], e.data["args"]]), sent))
+            elif e.kind == "approval" and e.call_id in proposals:
+                self.approvals[proposals[e.call_id][1]].append(e.data)
+            elif e.kind == "result" and e.call_id in proposals and e.data["status"] in ("ok", "error", "timeout"):
+                self.results[proposals[e.call_id][0]].append(e.data)
+
+    def choose(self, request: DecisionRequest) -> Choice:
+        queue = self.choices.get((request.point, digest(request)))
+        if not queue:
+            raise ReplayGap(f"the code asks the model {request.point!r} with an input run {self.run_id} never sent it")
+        return queue.pop(0)
+
+    def execute(self, t: Tool, ctx: ToolContext[Any], args: Any) -> Outcome:
+        queue = self.results.get(digest([t.name, args.model_dump(mode="json")]))
+        if not queue:
+            raise ReplayGap(f"step {ctx.step}: {t.name} with these arguments was never executed in run {self.run_id}; "
+                            "replay does not call live systems")  # fmt: skip
+        r = queue.pop(0)
+        return r["status"], r.get("output"), r.get("error"), 0.0
+
+    def approval(self, call: ToolCall, decision: Decision) -> Approval | None:
+        """The recorded human answer for this call, applied to the decision made now."""
+        queue = self.approvals.get(f"{call.tool}|{digest(call.args)}")
+        if not queue:
+            return None
+        d = queue.pop(0)
+        return Approval(d["approval_id"], d["approved"], d["by"] or "", None, decision)
+
+
+class _RecordedModel:
+    name = "recording"
+
+    def __init__(self, recording: _Recording) -> None:
+        self._recording = recording
+
+    def choose(self, request: DecisionRequest) -> Choice:
+        return self._recording.choose(request)
+
+
+def replay(
+    db: Database, run_id: str, *, workflow: Workflow[Any, Any] | None = None, policy: PolicySet | None = None
+) -> ReplayReport:
+    with db.read() as conn:
+        row = store.get_run(conn, run_id)
+        if row.record_format != store.RECORD_FORMAT:
+            raise IncompatibleRecording(
+                f"run {run_id} was recorded in format {row.record_format}; this tether replays format {store.RECORD_FORMAT}"
+            )
+        events = store.load_events(conn, run_id)
+        source, text = store.policy_text(conn, row.policy_hash)
+    if row.status == "running":
+        raise RunNotFound(f"run {run_id} is still running; replay a run that has paused or ended")
+    wf = workflow or load(row.workflow_ref)
+    wf.check()
+    pol = policy or PolicySet.from_text(text, source)
+    recording = _Recording(run_id, events)
+    journal = MemoryJournal(db, run_id, [])
+    proxy = ToolProxy(wf.tools, executor=recording.execute)
+    model = _RecordedModel(recording)
+    ctx = RunContext(
+        run_id=run_id, workflow=wf, input=wf.parse_input(row.input), tenant=row.tenant, started_by=row.started_by,
+        journal=journal, proxy=proxy, policy=pol, deps=None, model=lambda: model, approval_source=recording.approval,
+    )  # fmt: skip
+    stopped = error = None
+    try:
+        status = drive(wf, ctx).status
+    except Suspend:
+        status = "waiting_approval"
+    except ReplayGap as e:
+        status, stopped = "stopped", str(e)
+    except EndRun as e:
+        status, error = e.status, e.error
+    except TetherError as e:
+        status, error = "failed", str(e)
+    except Exception as e:  # noqa: BLE001 - patched code may crash; that is a finding, not a replay failure
+        status, error = "failed", f"{type(e).__name__}: {e}"
+    finally:
+        proxy.close()
+
+    original, replayed = actions(events), actions(journal.events())
+    diff = _diff(original, replayed)
+    first = next((d.step for d in diff if d.kind != "same"), None)
+    if first is None and status != row.status:
+        first = journal.step  # same actions, different ending
+    counts = {k: sum(d.kind == k for d in diff) for k in ("same", "changed", "added", "missing")}
+    return ReplayReport(
+        run_id=run_id, workflow=wf.name, original_status=row.status, replay_status=status,
+        same=first is None and stopped is None, first_divergence=first, diff=diff, stopped=stopped,
+        policy_hash=pol.hash, original_policy_hash=row.policy_hash, workflow_version=wf.version,
+        original_workflow_version=row.workflow_version, error=error, counts=counts,
+    )  # fmt: skip
+
+
+def _diff(original: list[Action], replayed: list[Action]) -> list[DiffEntry]:
+    out: list[DiffEntry] = []
+    matcher = difflib.SequenceMatcher(a=[a.key for a in original], b=[a.key for a in replayed], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        olds, news = original[i1:i2], replayed[j1:j2]
+        if op == "equal":
+            for o, n in zip(olds, news, strict=True):
+                if (o.decision, o.status) == (n.decision, n.status):
+                    out.append(DiffEntry("same", n.step, o, n))
+                else:
+                    out.append(DiffEntry("changed", n.step, o, n, f"{o.decision}/{o.status} -> {n.decision}/{n.status}"))
+            continue
+        for k in range(max(len(olds), len(news))):
+            o = olds[k] if k < len(olds) else None
+            n = news[k] if k < len(news) else None
+            if o and n:
+                what = f"{o.tool} {o.args} -> {n.tool} {n.args}" if o.tool != n.tool else f"{o.tool} arguments changed"
+                out.append(DiffEntry("changed", n.step, o, n, what))
+            elif n:
+                out.append(DiffEntry("added", n.step, None, n, f"{n.tool} {n.decision}/{n.status}"))
+            elif o:
+                out.append(DiffEntry("missing", o.step, o, None, f"{o.tool} no longer proposed"))
+    return out
