@@ -76,7 +76,7 @@ def test_a_forged_entry_with_a_valid_hash_is_caught_by_the_head(filled: Ledger) 
     with filled.db.transaction() as conn:
         conn.exec_driver_sql(
             "INSERT INTO ledger_entries (seq, ts, run_id, kind, body, prev_hash, hash) VALUES (7, ?, NULL, 'note', ?, ?, ?)",
-            (last.ts, json.dumps(body), last.hash, h),
+            (last.ts, canonical_json(body).decode(), last.hash, h),
         )
     report = filled.verify()
     assert not report.ok and report.first_bad == 7 and "added outside the ledger" in (report.problem or "")

@@ -43,7 +43,8 @@ def seed() -> PolicySet:
         ("payments.refund", {"amount_usd": 100.01}, "require_human_approval", ["refund_requires_approval"]),
         ("payments.refund", {"amount_usd": 100}, "allow", []),
         ("payments.refund", {"amount_usd": 5}, "allow", []),
-        ("payments.refund", {}, "allow", []),  # no amount: the condition cannot hold
+        ("payments.refund", {}, "allow", []),  # the tool has no amount argument: the rule does not apply
+        ("payments.refund", {"amount_usd": None}, "require_human_approval", ["refund_requires_approval"]),  # empty: conservative
         ("crm.export", {"rows": 1001}, "deny", ["no_bulk_export"]),
         ("crm.export", {"rows": 1000}, "allow", []),
         ("tickets.delete", {}, "deny", ["no_delete_in_v1"]),
@@ -103,6 +104,42 @@ def test_nested_argument_keys() -> None:
     p = PolicySet.from_text('policies:\n  - {name: vip, if: {tool: "*", customer.tier: "== metal"}, then: {action: deny}}\n')
     assert p.decide("a.b", {"customer": {"tier": "metal"}}).action == "deny"
     assert p.decide("a.b", {"customer": "metal"}).action == "allow"
+    d = p.decide("a.b", {"customer": None})
+    assert d.action == "deny" and "'customer.tier' is empty" in d.reason
+
+
+def test_empty_arguments_are_conservative_for_restrictions_only() -> None:
+    p = PolicySet.from_text(
+        """
+default: require_human_approval
+policies:
+  - {name: small_ok, if: {tool: "pay.refund", amount_usd: "<= 50"}, then: {action: allow}}
+  - {name: null_means_all, if: {tool: "crm.export", rows: "== null"}, then: {action: deny}}
+"""
+    )
+    assert p.decide("pay.refund", {"amount_usd": 20}).action == "allow"
+    assert p.decide("pay.refund", {"amount_usd": None}).action == "require_human_approval"  # allow rules need a value
+    assert p.decide("crm.export", {"rows": None}).action == "deny"
+
+
+@pytest.mark.parametrize(
+    ("cond", "value", "expected"),
+    [("== NO", "NO", True), ("== NO", False, False), ("== on", "on", True), ("== 12:30", "12:30", True),
+     ("== 12:30", 750, False), ("== internal", "internal", True), ("in [NO, SE]", "NO", True), ("> 1e3", 1001, True)],
+)  # fmt: skip
+def test_values_follow_yaml_12_core_rules(cond: str, value: object, expected: bool) -> None:
+    p = PolicySet.from_text(f'policies:\n  - {{name: r, if: {{tool: "t.x", k: "{cond}"}}, then: {{action: deny}}}}\n')
+    assert (p.decide("t.x", {"k": value}).action == "deny") is expected
+    bare = PolicySet.from_text("policies:\n  - name: r\n    if: {tool: t.x, country: NO}\n    then: {action: deny}\n")
+    assert bare.decide("t.x", {"country": "NO"}).action == "deny"
+
+
+def test_nan_is_refused() -> None:
+    with pytest.raises(PolicyError, match="needs a number"):
+        PolicySet.from_text('policies:\n  - {name: r, if: {tool: "t.x", k: "> .nan"}, then: {action: deny}}\n')
+    p = PolicySet.from_text('policies:\n  - {name: r, if: {tool: "t.x", k: "> 5"}, then: {action: allow}}\ndefault: deny\n')
+    assert p.decide("t.x", {"k": float("nan")}).action == "deny"
+    assert p.decide("t.x", {"k": float("inf")}).action == "deny"
 
 
 @pytest.mark.parametrize(

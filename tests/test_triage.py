@@ -203,7 +203,12 @@ def test_tether_run_opens_a_ticket_and_rejects_bad_input(db_url: str) -> None:
     out = json.loads(res.output)
     assert (out["status"], out["outcome"]) == ("completed", "answered:cards")
     res = runner.invoke(cli, ["run", "support_triage", "--db", db_url, "--input", '{"ticket_id": "TKT-missing"}'])
-    assert res.exit_code == 1 and " failed escalation_failed " in res.output  # a run that fails exits non-zero
+    assert res.exit_code == 1 and " failed ticket_unreadable " in res.output  # a run that fails exits non-zero
+    # An existing ticket id with a new message: the message is not pinned on someone else's ticket.
+    existing = out["run_id"].replace("run_", "TKT-")
+    res = runner.invoke(cli, ["run", "support_triage", "--db", db_url, "--input",
+                              json.dumps({"ticket_id": existing, "customer_id": "C0007", "text": "My card was stolen"})])  # fmt: skip
+    assert res.exit_code == 1 and "failed intake_failed" in res.output and f"ticket {existing} already exists" in res.output
 
     def count() -> int:
         with db.read() as conn:
@@ -212,7 +217,9 @@ def test_tether_run_opens_a_ticket_and_rejects_bad_input(db_url: str) -> None:
     before = count()
     for args, msg in [
         (["run", "support_triage", "--input", "{"], "error: --input is not valid JSON"),
-        (["run", "support_triage", "--input", '{"text": "hi"}'], "error: invalid input for support_triage: input: Value error, give ticket_id, or customer_id and text"),
+        (["run", "support_triage", "--input", '{"text": "hi"}'], "error: invalid input for support_triage: input: Value error, a new ticket needs both customer_id and text"),
+        (["run", "support_triage", "--input", "{}"], "error: invalid input for support_triage: input: Value error, give ticket_id, or customer_id and text"),
+        (["run", "support_triage", "--input", '{"ticket_id": "T1", "amount": NaN}'], "error: --input is not valid JSON: NaN is not JSON"),
         (["run", "support_triage", "--input", '{"ticket_id": "T 1"}'], "error: invalid input for support_triage: ticket_id: String should match pattern"),
         (["run", "no_such_flow", "--input", "{}"], "error: unknown workflow 'no_such_flow'"),
         (["run", "support_triage", "--input", '{"ticket_id": "T1"}', "--policies", "missing.yaml"], "error: missing.yaml: policy file not found"),

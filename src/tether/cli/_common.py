@@ -53,10 +53,16 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json_object(text: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
+        value = json.loads(text, parse_constant=_no_constants)
+    except ValueError as e:
+        if not isinstance(e, json.JSONDecodeError):
+            raise TetherError(f"{what} is not valid JSON: {e}") from None
         raise TetherError(f"{what} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     if not isinstance(value, dict):
         raise TetherError(f"{what} must be a JSON object, got {type(value).__name__}")

@@ -36,12 +36,14 @@ def approvals(ctx: click.Context, show_all: bool, db_url: str | None, as_json: b
 
 def _decide(approval_id: str, approve: bool, user: str, reason: str | None, db_url: str | None, as_json: bool) -> None:
     db = open_db(db_url)
-    req = ApprovalInbox(db).decide(approval_id, approve=approve, by=user, reason=reason)
+    inbox = ApprovalInbox(db)
+    pending = inbox.get(approval_id)
     with db.read() as conn:
-        ref = store.get_run(conn, req.run_id).workflow_ref
+        wf = load(store.get_run(conn, pending.run_id).workflow_ref)  # fails before anything is decided
+    req = inbox.decide(approval_id, approve=approve, by=user, reason=reason)
     runtime = Runtime(db)
     try:
-        result = runtime.resume(req.run_id, load(ref))
+        result = runtime.resume(req.run_id, wf)
     finally:
         runtime.close()
     if as_json:

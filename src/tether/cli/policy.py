@@ -30,10 +30,10 @@ def check(file: str, workflow_ref: str | None, strict: bool) -> None:
     """Load and lint FILE; exit non-zero on the first problem."""
     p = PolicySet.load(file)
     if workflow_ref:
-        problems = p.lint({t.name: t.schema for t in load(workflow_ref).tools})
-        if problems and strict:
-            raise PolicyError(problems[0])
-        for msg in problems:
+        errors, warnings = p.lint({t.name: t.schema for t in load(workflow_ref).tools})
+        if errors or (warnings and strict):
+            raise PolicyError((errors + warnings)[0])
+        for msg in warnings:
             click.echo(f"warning: {msg}", err=True)
     click.echo(f"{file}: ok ({len(p.rules)} rules, default {p.default}, sha256 {p.hash[:12]})")
 

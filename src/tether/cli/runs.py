@@ -10,7 +10,8 @@ import click
 
 from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db, parse_json_object
 from tether.guardrails.policy import PolicySet
-from tether.orchestration.runtime import FAILED_STATUSES, Runtime, default_user
+from tether.errors import TetherError
+from tether.orchestration.runtime import FAILED_STATUSES, FINAL_STATUSES, Runtime, default_user
 from tether.orchestration.workflow import load
 from tether.record import runs as store
 
@@ -120,17 +121,23 @@ def _describe(e: store.Event) -> str:
 
 @runs.command()
 @click.argument("run_id", metavar="RUN")
+@click.option("--stranded", is_flag=True,
+              help="Also re-drive a run left running or interrupted by a process that died (make sure none drives it).")  # fmt: skip
 @db_option
 @json_option
 @one_line_errors
-def resume(run_id: str, db_url: str | None, as_json: bool) -> None:
+def resume(run_id: str, stranded: bool, db_url: str | None, as_json: bool) -> None:
     """Re-drive a paused run whose approval was decided (e.g. after the decider's process died)."""
     db = open_db(db_url)
     with db.read() as conn:
-        ref = store.get_run(conn, run_id).workflow_ref
+        row = store.get_run(conn, run_id)
+    if row.status in FINAL_STATUSES:
+        raise TetherError(f"run {run_id} already ended ({row.status})")
+    if row.status != "waiting_approval" and not stranded:
+        raise TetherError(f"run {run_id} is {row.status}; pass --stranded if the process driving it died")
     runtime = Runtime(db)
     try:
-        r = runtime.resume(run_id, load(ref))
+        r = runtime.resume(run_id, load(row.workflow_ref), stranded=stranded)
     finally:
         runtime.close()
     if as_json:

@@ -1,8 +1,12 @@
 """Argument conditions in policy rules: `> 100`, `<= 5`, `== "EU"`, `in [a, b]`.
 
 A bare value means equality, a YAML list means `in`. Ordering operators take
-numbers only; anything else is a lint error at load time, or (for an argument
-of the wrong type at decision time) an evaluation error that fails closed.
+finite numbers only; anything else is a lint error at load time, or (for an
+argument of the wrong type at decision time) an evaluation error that fails
+closed. A condition on an argument the tool does not have does not apply
+(False). An argument the tool has but the call left empty (null, as validated
+calls carry every declared argument) makes the condition unknown (None), which
+the policy treats conservatively.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import yaml
 
+from tether.guardrails._yaml import load_scalar
+
 _MISSING = object()
-_OPERATOR = re.compile(r"^\s*(not in|>=|<=|==|!=|>|<|in)\s*(.*?)\s*$", re.S)
+_OPERATOR = re.compile(r"^\s*(not in(?=[\s\[])|in(?=[\s\[])|>=|<=|==|!=|>|<)\s*(.*?)\s*$", re.S)
 _ORDERING: dict[str, Callable[[Any, Any], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -34,14 +42,14 @@ class ConditionTypeError(TypeError):
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _parse_operand(text: str) -> Any:
     if not text:
         raise ConditionSyntaxError("missing a value after the operator")
     try:
-        return yaml.safe_load(text)
+        return load_scalar(text)
     except yaml.YAMLError:
         raise ConditionSyntaxError(f"cannot read the value {text!r}") from None
 
@@ -75,13 +83,16 @@ class Condition:
             raise ConditionSyntaxError(f"{spec!r}: {op} needs a single value")
         return cls(key, op, operand)
 
-    def matches(self, args: Mapping[str, Any]) -> bool:
+    def matches(self, args: Mapping[str, Any]) -> bool | None:
+        """True or False; None when the argument is empty (null) and the rule asks about a value."""
         actual = lookup(args, self.key)
         if actual is _MISSING:
             return False
+        if actual is None and not (self.op in ("==", "!=") and self.value is None):
+            return None
         if self.op in _ORDERING:
             if not _is_number(actual):
-                raise ConditionTypeError(f"argument {self.key!r} is {actual!r}, not a number")
+                raise ConditionTypeError(f"argument {self.key!r} is {actual!r}, not a finite number")
             return _ORDERING[self.op](actual, self.value)
         if self.op == "==":
             return _equal(actual, self.value)
@@ -102,9 +113,11 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def lookup(args: Mapping[str, Any], key: str) -> Any:
-    """`customer.tier` reads nested arguments."""
+    """`customer.tier` reads nested arguments; an empty (null) parent makes the value empty."""
     cur: Any = args
     for part in key.split("."):
+        if cur is None:
+            return None
         if not isinstance(cur, Mapping) or part not in cur:
             return _MISSING
         cur = cur[part]

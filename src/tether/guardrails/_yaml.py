@@ -1,12 +1,17 @@
 """A YAML loader that remembers line numbers and refuses duplicate keys.
 
 Policy lint errors must name a line; PyYAML's safe loader knows the lines but
-drops them, and silently keeps the last of two duplicate keys.
+drops them, and silently keeps the last of two duplicate keys. Plain scalars
+follow YAML 1.2's core schema, not PyYAML's 1.1 rules: `NO` and `on` stay
+strings (not booleans), `12:30` stays a string (not 750), and `.nan` / `.inf`
+are not numbers.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import re
 
 import yaml
 
@@ -20,7 +25,29 @@ class LineDict(dict[str, Any]):
     key_lines: dict[str, int]
 
 
-class _Loader(yaml.SafeLoader):
+class CoreLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema plain scalars (see the module doc)."""
+
+
+_RETYPED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+CoreLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _RETYPED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+CoreLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+CoreLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:[0-9]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+CoreLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)$|^[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)$"),
+    list("-+.0123456789"),
+)
+
+
+def load_scalar(text: str) -> Any:
+    """One value (a number, string, bool, null or flow list) by the same rules."""
+    return yaml.load(text, Loader=CoreLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+class _Loader(CoreLoader):
     pass
 
 

@@ -8,6 +8,7 @@ the run nor the component that proposed the call may approve it.
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,11 +53,39 @@ class ApprovalRequest:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def principal(name: str) -> str:
+    """A person's or component's name as given, refused when it could pass for someone else.
+
+    Names are compared by `same_principal`: Unicode-normalised (NFKC) and
+    case-folded, so `DEMO` or a full-width `ｄｅｍｏ` is the same person as `demo`.
+    """
+    cleaned = name.strip()
+    if not cleaned:
+        raise ApprovalError("a name is required (--as USER)")
+    bad = [c for c in cleaned if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp")]
+    if bad:
+        raise ApprovalError(f"name {cleaned!r} contains invisible or control characters")
+    if len(cleaned) > 200:
+        raise ApprovalError("a name is at most 200 characters")
+    return cleaned
+
+
+def _key(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold().strip()
+
+
+def same_principal(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and _key(a) == _key(b)
+
+
 def request(
     conn: sa.Connection, *, run_id: str, call_id: str, step: int, tool: str, args: dict[str, Any],
     decision: Decision, proposer: str,
-) -> str:  # fmt: skip
-    """Create a pending request inside the caller's transaction; returns its id."""
+) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """Create a pending request inside the caller's transaction.
+
+    Returns its id and the body of its ledger entry, which the caller appends in
+    order after the proposal and decision it belongs to."""
     approval_id = "apr_" + secrets.token_hex(6)
     conn.execute(
         approvals.insert().values(
@@ -65,14 +94,9 @@ def request(
             status="pending", requested_at=timestamp(),
         )  # fmt: skip
     )
-    ledger.append(
-        conn,
-        "approval_requested",
-        {"approval_id": approval_id, "call_id": call_id, "tool": tool, "rules": decision.rules,
-         "policy_hash": decision.policy_hash, "proposer": proposer},  # fmt: skip
-        run_id=run_id,
-    )
-    return approval_id
+    body = {"approval_id": approval_id, "call_id": call_id, "tool": tool, "rules": decision.rules,
+            "policy_hash": decision.policy_hash, "proposer": proposer}  # fmt: skip
+    return approval_id, body
 
 
 def for_call(conn: sa.Connection, run_id: str, call_id: str) -> ApprovalRequest | None:
@@ -116,24 +140,24 @@ class ApprovalInbox:
 
     def decide(self, approval_id: str, *, approve: bool, by: str, reason: str | None = None) -> ApprovalRequest:
         """Record one person's decision. Refuses self-approval and double decisions."""
-        by = by.strip()
-        if not by:
-            raise ApprovalError("an approver must say who they are (--as USER)")
+        by = principal(by)
         with self.db.transaction() as conn:
             req = self._get(conn, approval_id)
             if req.status != "pending":
                 raise ApprovalError(f"approval {approval_id} was already {req.status} by {req.decided_by}")
-            if by == req.started_by:
+            if same_principal(by, req.started_by):
                 raise ApprovalError(f"{by} started run {req.run_id} and cannot decide its approvals")
-            if by == req.proposer:
+            if same_principal(by, req.proposer):
                 raise ApprovalError(f"{by} proposed this call and cannot approve it")
             status: ApprovalStatus = "approved" if approve else "denied"
             now = timestamp()
-            conn.execute(
+            res = conn.execute(
                 approvals.update()
                 .where(approvals.c.id == approval_id, approvals.c.status == "pending")
                 .values(status=status, decided_by=by, decided_at=now, reason=reason)
             )
+            if res.rowcount != 1:  # another decider won the race
+                raise ApprovalError(f"approval {approval_id} was decided by someone else meanwhile")
             ledger.append(
                 conn,
                 "approval_decided",

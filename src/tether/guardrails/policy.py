@@ -59,8 +59,22 @@ class Rule:
     line: int
     reason: str | None = None
 
-    def matches(self, tool: str, args: Mapping[str, Any]) -> bool:
-        return fnmatch.fnmatchcase(tool, self.tool) and all(c.matches(args) for c in self.conditions)
+    def matches(self, tool: str, args: Mapping[str, Any]) -> tuple[bool, list[str]]:
+        """(matched, arguments that were empty). An empty (null) argument cannot prove
+        a restrictive rule wrong, so it counts as a match for deny and approval rules
+        (conservative) and as no match for allow rules."""
+        if not fnmatch.fnmatchcase(tool, self.tool):
+            return False, []
+        missing = []
+        for c in self.conditions:
+            ok = c.matches(args)
+            if ok is False:
+                return False, []
+            if ok is None:
+                missing.append(c.key)
+        if missing and self.action == "allow":
+            return False, []
+        return True, missing
 
 
 @dataclass(frozen=True)
@@ -82,19 +96,28 @@ class PolicySet:
     def load(cls, path: str | Path) -> PolicySet:
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            raw = p.read_bytes()
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise PolicyError(f"{p}: policy file not found") from None
+        except IsADirectoryError:
+            raise PolicyError(f"{p}: is a directory, not a policy file") from None
         except (OSError, UnicodeDecodeError) as e:
             raise PolicyError(f"{p}: cannot read policy file ({e})") from None
+        # Decoded without newline translation, so the hash is of the file's bytes
+        # and `sha256sum FILE` matches it.
         return cls.from_text(text, str(p))
 
     def decide(self, tool: str, args: Mapping[str, Any]) -> Decision:
         matched: list[Rule] = []
+        unknown: list[str] = []
         for rule in self.rules:
             try:
-                if rule.matches(tool, args):
+                hit, missing = rule.matches(tool, args)
+                if hit:
                     matched.append(rule)
+                    unknown += [f"rule {rule.name!r} applied because {', '.join(map(repr, missing))} is empty"
+                                ] if missing else []  # fmt: skip
             except Exception as e:  # noqa: BLE001 - the gate must never fail open
                 why = str(e) if isinstance(e, ConditionTypeError) else f"{type(e).__name__}: {e}"
                 return Decision(
@@ -113,7 +136,7 @@ class PolicySet:
             )
         action = max((r.action for r in matched), key=STRICTNESS.__getitem__)
         producing = [r for r in matched if r.action == action]
-        reasons = [r.reason for r in producing if r.reason]
+        reasons = [r.reason for r in producing if r.reason] + unknown
         return Decision(
             action=action,
             rules=[r.name for r in producing],
@@ -122,20 +145,25 @@ class PolicySet:
             reason="; ".join(reasons) or f"matched {', '.join(r.name for r in producing)}",
         )
 
-    def lint(self, schemas: Mapping[str, Mapping[str, Any]]) -> list[str]:
-        """Rules that can never match the given tools (name -> JSON Schema of its arguments)."""
-        problems = []
+    def lint(self, schemas: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+        """(errors, warnings) against a workflow's tools (name -> JSON Schema of its arguments).
+
+        An error is a rule that names a tool of the workflow but an argument none of
+        those tools has (a typo like `amount` for `amount_usd`): it would silently
+        never be checked. A warning is a rule for tools this workflow does not have
+        (policy files are often shared between workflows)."""
+        errors, warnings = [], []
         for rule in self.rules:
             names = [n for n in schemas if fnmatch.fnmatchcase(n, rule.tool)]
             where = f"{self.source}:{rule.line}: rule {rule.name!r}"
             if not names:
-                problems.append(f"{where}: tool {rule.tool!r} matches no tool of this workflow")
+                warnings.append(f"{where}: tool {rule.tool!r} matches no tool of this workflow")
                 continue
             for c in rule.conditions:
                 top = c.key.split(".")[0]
                 if not any(top in schemas[n].get("properties", {}) for n in names):
-                    problems.append(f"{where}: no matching tool has an argument {top!r} ({', '.join(names)})")
-        return problems
+                    errors.append(f"{where}: no matching tool has an argument {top!r} ({', '.join(names)})")
+        return errors, warnings
 
 
 def _err(source: str, line: int, rule: str | None, msg: str) -> PolicyError:

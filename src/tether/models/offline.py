@@ -24,7 +24,12 @@ _VERSION = "tfidf-svm-temp/1"  # bump when the pipeline below changes
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TETHER_CACHE_DIR") or Path(".tether") / "models")
+    """Per user, never the working directory: a cached model is a pickle, and loading a
+    pickle someone else could write would run their code."""
+    if os.environ.get("TETHER_CACHE_DIR"):
+        return Path(os.environ["TETHER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tether" / "models"
 
 
 def _pipeline(seed: int) -> Any:
@@ -77,7 +82,7 @@ class TextClassifier:
                 path.unlink(missing_ok=True)
         texts, labels = data()
         model = cls.train(texts, labels, seed=seed, name=name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         joblib.dump(model._pipeline, tmp)
         tmp.replace(path)  # atomic: a concurrent reader never sees half a file

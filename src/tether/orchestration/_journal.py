@@ -81,16 +81,18 @@ class Journal:
 
     def approval_requested(self, call: ToolCall, decision: Decision) -> str:
         with self.db.transaction() as conn:
-            approval_id = approvals.request(
+            approval_id, body = approvals.request(
                 conn, run_id=self.run_id, call_id=call.call_id, step=self.step, tool=call.tool,
                 args=self._proposal_args(call), decision=decision, proposer=call.proposer,
             )  # fmt: skip
             self.add("approval_requested", call.call_id, {"approval_id": approval_id})
+            self.add_ledger("approval_requested", body)
             self._write(conn, status="waiting_approval")
         return approval_id
 
     def approval_applied(self, call: ToolCall, approval_id: str, approved: bool, by: str | None) -> None:
         self.add("approval", call.call_id, {"approval_id": approval_id, "approved": approved, "by": by})
+        self.flush()  # durable before the approved side effect, as a decision is
 
     def finished(self, call: ToolCall, result: ToolResult) -> None:
         self.add("result", call.call_id, result.model_dump(mode="json"))

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from tether.orchestration.workflow import Workflow
 
 
-class Suspend(Exception):
+# Both derive from BaseException so an `except Exception` in state code cannot
+# swallow a pause or the end of a run.
+class Suspend(BaseException):
     """The run waits for a human; it will be re-driven from its journal."""
 
     def __init__(self, approval_id: str) -> None:
@@ -29,7 +31,7 @@ class Suspend(Exception):
         self.approval_id = approval_id
 
 
-class EndRun(Exception):
+class EndRun(BaseException):
     """The runtime ends the run (budget, loop) whatever the state code wanted."""
 
     def __init__(self, status: str, error: str) -> None:
@@ -59,7 +61,7 @@ class RunContext(Generic[InputT, DepsT]):
         self.input = input
         self.tenant = tenant
         self.started_by = started_by
-        self.deps = deps
+        self._deps = deps  # for the tools only: state code reaches the world through `call`
         self.data: dict[str, Any] = {}  # state carried between states, rebuilt on replay
         self._journal = journal
         self._proxy = proxy
@@ -68,6 +70,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._approval_source = approval_source  # replay answers approvals from the recording
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
+        self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
 
     @property
     def state(self) -> str:
@@ -90,9 +93,15 @@ class RunContext(Generic[InputT, DepsT]):
             return
         self._journal.add("enter", op, {"state": state})
 
+    def _end(self, status: str, error: str) -> EndRun:
+        self._ended = self._ended or EndRun(status, error)
+        return self._ended
+
     def _next_op(self) -> str:
+        if self._ended:
+            raise self._ended
         if self._ops_in_step >= self.workflow.max_calls_per_step:
-            raise EndRun(
+            raise self._end(
                 "budget_exhausted",
                 f"state {self.state!r} made more than {self.workflow.max_calls_per_step} calls in one step",
             )
@@ -143,8 +152,27 @@ class RunContext(Generic[InputT, DepsT]):
 
     # -- the tool door --------------------------------------------------------
     def act(self, choice: Choice) -> ToolResult:
-        """Propose the tool call a model chose; it goes through the proxy like any other."""
+        """Propose the tool call a model chose; it goes through the proxy like any other.
+
+        A refused choice (an option that was not offered, a failed model) is recorded
+        as an invalid proposal and never reaches the proxy."""
+        if not choice.ok:
+            return self._refuse(choice)
         return self.call(choice.option or "", choice.args, proposer=f"model:{choice.model}")
+
+    def _refuse(self, choice: Choice) -> ToolResult:
+        op = self._next_op()
+        call = ToolCall(call_id=op, tool=choice.option or "(none)", args=dict(choice.args), proposer=f"model:{choice.model}")
+        recorded = self._journal.replayed(op)
+        if recorded:
+            done = self._replay_call(call, recorded)
+            if done is not None:
+                return done
+        error = f"refused: {choice.error or 'no option chosen'}"
+        self._journal.proposed(call, None, error)
+        result = ToolResult(call_id=op, tool=call.tool, status="invalid", error=error)
+        self._journal.finished(call, result)
+        return result
 
     def call(self, tool: str, args: Mapping[str, Any] | BaseModel, *, proposer: str | None = None) -> ToolResult:
         op = self._next_op()
@@ -156,13 +184,13 @@ class RunContext(Generic[InputT, DepsT]):
             done = self._replay_call(call, recorded)
             if done is not None:
                 return done
-        result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self.deps, run=self._info())
+        result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info())
         if result.status == "pending_approval":
             approval = self._approval_source(call, result.decision) if self._approval_source and result.decision else None
             if approval is None:
                 raise Suspend(result.approval_id or "")
             self._journal.approval_applied(call, approval.id, approval.approved, approval.by)
-            result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self.deps,
+            result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps,
                                       run=self._info(), approval=approval)  # fmt: skip
         return result
 
@@ -172,7 +200,7 @@ class RunContext(Generic[InputT, DepsT]):
     def _check_loop(self, call: ToolCall) -> None:
         key = digest([call.tool, call.args])
         if key in self._seen_calls:
-            raise EndRun("loop_detected", f"repeated identical call {call.tool}({call.args}) at op {call.call_id}")
+            raise self._end("loop_detected", f"repeated identical call {call.tool}({call.args}) at op {call.call_id}")
         self._seen_calls.add(key)
 
     def _replay_call(self, call: ToolCall, recorded: list[Any]) -> ToolResult | None:
@@ -198,6 +226,6 @@ class RunContext(Generic[InputT, DepsT]):
         self._journal.approval_applied(call, req.id, approved, req.decided_by)
         approval = Approval(req.id, approved, req.decided_by or "", req.reason, Decision.model_validate(decision_ev.data))
         return self._proxy.call(
-            call, policy=self._policy, recorder=self._journal, deps=self.deps, run=self._info(), approval=approval
+            call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info(), approval=approval
         )
 

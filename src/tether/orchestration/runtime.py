@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.errors import RunNotFound, TetherError, WorkflowError
+from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
+from tether.guardrails.approvals import principal
 from tether.guardrails.policy import PolicySet
 from tether.models.base import Model
 from tether.orchestration._journal import Journal
@@ -27,8 +28,8 @@ from tether.record.canonical import digest
 from tether.record.db import Database
 from tether.tools.proxy import ToolProxy
 
-# Statuses a run can have. The first two are not final.
-RUNNING, WAITING = "running", "waiting_approval"
+# Statuses a run can have. The first three are not final.
+RUNNING, WAITING, INTERRUPTED = "running", "waiting_approval", "interrupted"
 FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected")
 FINAL_STATUSES = ("completed", "escalated", *FAILED_STATUSES)
 
@@ -70,6 +71,7 @@ class Runtime:
     _deps: dict[str, Any] = field(default_factory=dict)
     _models: dict[str, Model] = field(default_factory=dict)
     _proxies: dict[str, ToolProxy] = field(default_factory=dict)
+    _linted: set[tuple[str, str]] = field(default_factory=set)
 
     # -- public -----------------------------------------------------------------
     def start(
@@ -84,8 +86,9 @@ class Runtime:
         workflow.check()
         parsed = workflow.parse_input(input)
         policy = self.policy or workflow.policy()
+        self._lint(workflow, policy)
+        started_by = principal(started_by or default_user())
         run_id = run_id or "run_" + secrets.token_hex(8)
-        started_by = (started_by or default_user()).strip() or "unknown"
         plain_input = parsed.model_dump(mode="json")
         with self.db.transaction() as conn:
             store.store_policy(conn, policy.hash, policy.source, policy.text)
@@ -102,20 +105,31 @@ class Runtime:
             )  # fmt: skip
         return self._drive(workflow, run_id, parsed, policy, tenant, started_by, recorded=[])
 
-    def resume(self, run_id: str, workflow: Workflow[Any, Any]) -> RunResult:
-        """Continue a paused run (after its approval was decided). One resumer wins."""
-        with self.db.transaction() as conn:
+    def resume(self, run_id: str, workflow: Workflow[Any, Any], *, stranded: bool = False) -> RunResult:
+        """Continue a paused run (after its approval was decided). One resumer wins.
+
+        With `stranded=True` a run left `running` by a process that died, or
+        `interrupted`, is re-driven too; the caller must know that no other process
+        drives it. Completed calls are
+        answered from the journal and repeated calls carry the same idempotency keys.
+        """
+        with self.db.read() as conn:
             row = store.get_run(conn, run_id)
-            if row.workflow != workflow.name:
-                raise WorkflowError(f"run {run_id} belongs to workflow {row.workflow}, not {workflow.name}")
-            if row.status != WAITING:
-                return _result_from_row(row)
-            if not store.claim_run(conn, run_id, WAITING, RUNNING):
-                raise RunNotFound(f"run {run_id} is being resumed by another process")
             source, text = store.policy_text(conn, row.policy_hash)
-            recorded = store.load_events(conn, run_id)
+        if row.workflow != workflow.name:
+            raise WorkflowError(f"run {run_id} belongs to workflow {row.workflow}, not {workflow.name}")
+        resumable = (WAITING, RUNNING, INTERRUPTED) if stranded else (WAITING,)
+        if row.status not in resumable:
+            return _result_from_row(row)
+        # Everything that can fail happens before the run is claimed, so a failure
+        # here leaves it waiting (and its decided approval usable) instead of stuck.
         policy = PolicySet.from_text(text, source)
         parsed = workflow.parse_input(row.input)
+        self._deps_for(workflow)
+        with self.db.transaction() as conn:
+            if not store.claim_run(conn, run_id, row.status, RUNNING):
+                raise RunNotFound(f"run {run_id} is being resumed by another process")
+            recorded = store.load_events(conn, run_id)
         return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded)
 
     def deps(self, workflow: Workflow[Any, Any]) -> Any:
@@ -161,6 +175,11 @@ class Runtime:
             return self._finish(journal, workflow, "failed", None, str(e))
         except Exception as e:  # noqa: BLE001 - a bug in state code fails the run, not the process
             return self._finish(journal, workflow, "failed", None, f"{type(e).__name__}: {e}")
+        except BaseException as e:  # KeyboardInterrupt, SystemExit: keep what was done, then let it go on
+            try:
+                journal.flush(status=INTERRUPTED, error=f"interrupted by {type(e).__name__}; `tether runs resume RUN --stranded` continues it")
+            finally:
+                raise
 
     def _finish(
         self, journal: Journal, workflow: Workflow[Any, Any], status: str, outcome: str | None, error: str | None
@@ -169,6 +188,15 @@ class Runtime:
         journal.add_ledger("run_finished", {"status": status, "outcome": outcome, "error": error, "steps": journal.step})
         journal.flush(status=status, outcome=outcome, error=error)
         return RunResult(journal.run_id, workflow.name, status, outcome, journal.step, error)
+
+    def _lint(self, workflow: Workflow[Any, Any], policy: PolicySet) -> None:
+        """Refuse a policy with rules that would silently never be checked for this workflow."""
+        key = (workflow.version, policy.hash)
+        if key not in self._linted:
+            errors, _ = policy.lint({t.name: t.schema for t in workflow.tools})
+            if errors:
+                raise PolicyError(f"{errors[0]} (the rule would never be checked; fix the argument name)")
+            self._linted.add(key)
 
     # -- per-workflow singletons ------------------------------------------------
     def _proxy(self, workflow: Workflow[Any, Any]) -> ToolProxy:
@@ -203,6 +231,8 @@ def drive(workflow: Workflow[Any, Any], ctx: RunContext[Any, Any]) -> End:
             raise EndRun("budget_exhausted", f"step budget of {workflow.max_steps} steps used up in {state!r}")
         ctx._enter(state, step)
         nxt = workflow.states[state].fn(ctx)
+        if ctx._ended:  # the state caught the end of its run and carried on
+            raise ctx._ended
         if isinstance(nxt, End):
             return nxt
         if nxt not in workflow.states[state].goes_to:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import sqlalchemy as sa
@@ -35,6 +35,10 @@ class LedgerEntry:
     body: dict[str, Any]
     prev_hash: str
     hash: str
+    # The body as stored; it must be exactly the canonical JSON of `body`, or a
+    # reader of the text (SQL json functions take the first of duplicate keys)
+    # could see other values than the hash covers.
+    stored_body: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,8 +112,30 @@ def append_many(conn: sa.Connection, items: Sequence[tuple[str, dict[str, Any]]]
     return out
 
 
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _body_is_canonical(text: str) -> bool:
+    try:
+        return canonical_json(json.loads(text, object_pairs_hook=_strict_object)).decode() == text
+    except (ValueError, TypeError):
+        return False
+
+
+def _entry_problem(e: LedgerEntry) -> str | None:
+    if e.stored_body is not None and not _body_is_canonical(e.stored_body):
+        return "stored body is not the canonical JSON its hash covers (entry was altered)"
+    if entry_hash(e.seq, e.ts, e.run_id, e.kind, e.body, e.prev_hash) != e.hash:
+        return "content does not match its hash (entry was altered)"
+    return None
+
+
 def verify_entries(entries: Iterable[LedgerEntry], head: tuple[int, str] | None = None) -> VerifyReport:
-    """Check a sequence of entries (from the database or an export) in order."""
+    """Check a whole ledger (from the database or a full export) in order from entry 1."""
     expected_seq, expected_prev, count = 1, GENESIS, 0
     for e in entries:
         if e.seq != expected_seq:
@@ -117,8 +143,9 @@ def verify_entries(entries: Iterable[LedgerEntry], head: tuple[int, str] | None 
             return VerifyReport(False, count, expected_seq, f"entry {expected_seq} is {what} (found seq {e.seq})")
         if e.prev_hash != expected_prev:
             return VerifyReport(False, count, e.seq, "prev_hash does not match the previous entry's hash")
-        if entry_hash(e.seq, e.ts, e.run_id, e.kind, e.body, e.prev_hash) != e.hash:
-            return VerifyReport(False, count, e.seq, "content does not match its hash (entry was altered)")
+        problem = _entry_problem(e)
+        if problem:
+            return VerifyReport(False, count, e.seq, problem)
         expected_seq, expected_prev, count = e.seq + 1, e.hash, count + 1
     last = expected_prev
     if head is not None and head != (count, last):
@@ -131,6 +158,23 @@ def verify_entries(entries: Iterable[LedgerEntry], head: tuple[int, str] | None 
     return VerifyReport(True, count, head_hash=last)
 
 
+def verify_partial(entries: Iterable[LedgerEntry]) -> VerifyReport:
+    """Check a partial export (one run's entries, or a slice): every entry's own hash,
+    and the chain link wherever two entries are consecutive. Gaps are expected."""
+    prev: LedgerEntry | None = None
+    count = 0
+    for e in entries:
+        if prev is not None and e.seq <= prev.seq:
+            return VerifyReport(False, count, e.seq, f"entry {e.seq} is out of order (after {prev.seq})")
+        if prev is not None and e.seq == prev.seq + 1 and e.prev_hash != prev.hash:
+            return VerifyReport(False, count, e.seq, "prev_hash does not match the previous entry's hash")
+        problem = _entry_problem(e)
+        if problem:
+            return VerifyReport(False, count, e.seq, problem)
+        prev, count = e, count + 1
+    return VerifyReport(True, count, head_hash=prev.hash if prev else None)
+
+
 class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -140,24 +184,20 @@ class Ledger:
             return append(conn, kind, body, run_id)
 
     def entries(self, run_id: str | None = None) -> Iterator[LedgerEntry]:
-        q = sa.select(ledger_entries).order_by(ledger_entries.c.seq)
-        if run_id is not None:
-            q = q.where(ledger_entries.c.run_id == run_id)
         with self.db.read() as conn:
-            for r in conn.execute(q).yield_per(1000):
-                try:
-                    body = json.loads(r.body)
-                except ValueError:
-                    body = {"__unparseable__": r.body}
-                yield LedgerEntry(r.seq, r.ts, r.run_id, r.kind, body, r.prev_hash, r.hash)
+            yield from _entries(conn, run_id)
 
     def head(self) -> tuple[int, str]:
         with self.db.read() as conn:
-            row = conn.execute(sa.select(ledger_head.c.seq, ledger_head.c.hash)).first()
-        return (row.seq, row.hash) if row else (0, GENESIS)
+            return _head(conn)
 
     def verify(self) -> VerifyReport:
-        return verify_entries(self.entries(), head=self.head())
+        """Entries and head from one snapshot, so appends while verifying are no false alarm."""
+        with self.db.read() as conn:
+            if conn.dialect.name != "sqlite":  # SQLite's read transaction is already a snapshot
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            head = _head(conn)
+            return verify_entries(_entries(conn, None), head=head)
 
     def export(self, out: TextIO, run_id: str | None = None) -> int:
         n = 0
@@ -167,13 +207,37 @@ class Ledger:
         return n
 
 
+def _entries(conn: sa.Connection, run_id: str | None) -> Iterator[LedgerEntry]:
+    q = sa.select(ledger_entries).order_by(ledger_entries.c.seq)
+    if run_id is not None:
+        q = q.where(ledger_entries.c.run_id == run_id)
+    for r in conn.execute(q).yield_per(1000):
+        try:
+            body = json.loads(r.body)
+        except ValueError:
+            body = {"__unparseable__": r.body}
+        yield LedgerEntry(r.seq, r.ts, r.run_id, r.kind, body, r.prev_hash, r.hash, stored_body=r.body)
+
+
+def _head(conn: sa.Connection) -> tuple[int, str]:
+    row = conn.execute(sa.select(ledger_head.c.seq, ledger_head.c.hash)).first()
+    return (row.seq, row.hash) if row else (0, GENESIS)
+
+
 def read_export(lines: Iterable[str], source: str = "export") -> Iterator[LedgerEntry]:
     """Parse a JSONL export back into entries (for verifying an auditor's copy)."""
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-            yield LedgerEntry(d["seq"], d["ts"], d["run_id"], d["kind"], d["body"], d["prev_hash"], d["hash"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise LedgerError(f"{source}:{lineno}: not a ledger entry ({e})") from None
+    lineno = 0
+    try:
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            d = json.loads(line, object_pairs_hook=_strict_object)
+            entry = LedgerEntry(d["seq"], d["ts"], d["run_id"], d["kind"], d["body"], d["prev_hash"], d["hash"])
+            types = (int, str, (str, type(None)), str, dict, str, str)
+            if isinstance(entry.seq, bool) or not all(isinstance(v, t) for v, t in zip(entry.to_json().values(), types, strict=True)):
+                raise TypeError("a field has the wrong type")
+            yield entry
+    except UnicodeDecodeError as e:  # before ValueError, of which it is a kind
+        raise LedgerError(f"{source}: not a text file ({e.reason})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise LedgerError(f"{source}:{lineno}: not a ledger entry ({e})") from None

@@ -10,17 +10,18 @@ the decision is on disk before the side effect starts.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import time
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import jsonschema
+import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from tether.errors import InvalidArguments, UnknownTool
 from tether.guardrails.policy import Decision, PolicySet
-from tether.record.canonical import to_jsonable
 from tether.tools.calls import CallStatus, ToolCall, ToolResult
 from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Grant, Tool, ToolContext
@@ -52,6 +53,13 @@ class RunInfo:
     run_id: str
     step: int
     tenant: str
+
+
+def _plain(value: Any) -> Any:
+    """Plain JSON values (datetimes and decimals as text, models dumped); NaN refused."""
+    out = pydantic_core.to_jsonable_python(value)
+    json.dumps(out, allow_nan=False)  # raises ValueError on NaN/inf, TypeError on anything odd
+    return out
 
 
 def _where(error: jsonschema.ValidationError) -> str:
@@ -164,7 +172,11 @@ class ToolProxy:
             ms = (time.perf_counter() - start) * 1000
             return "error", None, f"{type(e).__name__}: {e}", ms
         ms = (time.perf_counter() - start) * 1000
-        return "ok", to_jsonable(out), None, ms
+        try:
+            return "ok", _plain(out), None, ms
+        except (TypeError, ValueError) as e:
+            # The effect happened but its output cannot be recorded: say so rather than crash.
+            return "error", None, f"{t.name} returned output that is not JSON ({e})", ms
 
     @staticmethod
     def _finish(recorder: CallRecorder, call: ToolCall, **fields: Any) -> ToolResult:

@@ -49,7 +49,9 @@ class Ticket(BaseModel):
 
     @model_validator(mode="after")
     def _enough(self) -> Ticket:
-        if self.ticket_id is None and (self.customer_id is None or self.text is None):
+        if (self.customer_id is None) != (self.text is None):
+            raise ValueError("a new ticket needs both customer_id and text")
+        if self.ticket_id is None and self.text is None:
             raise ValueError("give ticket_id, or customer_id and text for a new ticket")
         return self
 
@@ -102,18 +104,17 @@ def _to_human(run: Run, kind: str, detail: str) -> Next:
     return "escalate"
 
 
-@workflow.state(initial=True, goes_to=["classify", "escalate"])
+@workflow.state(initial=True, goes_to=["classify"])
 def intake(run: Run) -> Next:
     t = run.input
-    if t.ticket_id is None or t.text is not None:
-        ticket_id = t.ticket_id or f"TKT-{run.id.removeprefix('run_')}"
-        run.call("helpdesk.open_ticket", {"ticket_id": ticket_id, "customer_id": t.customer_id, "text": t.text})
-    else:
-        ticket_id = t.ticket_id
+    ticket_id = t.ticket_id or f"TKT-{run.id.removeprefix('run_')}"
+    if t.text is not None:  # a new message: it gets its own ticket, or the run stops untouched
+        opened = run.call("helpdesk.open_ticket", {"ticket_id": ticket_id, "customer_id": t.customer_id, "text": t.text})
+        if not opened.ok:
+            return End("failed", "intake_failed", opened.error)
     result = run.call("helpdesk.get_ticket", {"ticket_id": ticket_id})
-    if not result.ok:
-        run.data["ticket"] = {"ticket_id": ticket_id}
-        return _to_human(run, "ticket_unreadable", f"cannot read ticket: {result.error}")
+    if not result.ok:  # nothing to triage: the run stops without touching anything
+        return End("failed", "ticket_unreadable", result.error)
     run.data["ticket"] = result.output
     return "classify"
 
