@@ -205,7 +205,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.seen: list[tuple[str, Any]] = []
 
-    def proposed(self, call: ToolCall, args: Any, error: Any) -> None:
+    def proposed(self, call: ToolCall, args: Any, error: Any, schema: Any = None) -> None:
         self.seen.append(("proposed", error))
 
     def decided(self, call: ToolCall, decision: Any) -> None:

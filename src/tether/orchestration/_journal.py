@@ -9,15 +9,17 @@ and the ledger never disagree.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tether.guardrails import approvals
 from tether.guardrails.policy import Decision
-from tether.record import ledger
+from tether.record import ledger, redaction
 from tether.record import runs as store
 from tether.record.canonical import digest
-from tether.record.db import Database
+from tether.record.db import Database, timestamp
+from tether.record.tables import prompts
 from tether.tools.calls import ToolCall, ToolResult
 
 
@@ -31,6 +33,7 @@ class Journal:
     _by_op: dict[str, list[store.Event]] = field(default_factory=lambda: defaultdict(list))
     _events: list[store.Event] = field(default_factory=list)
     _ledger: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _prompts: list[dict[str, Any]] = field(default_factory=list)
     _next_seq: int = 1
 
     def __post_init__(self) -> None:
@@ -54,22 +57,39 @@ class Journal:
     def add_ledger(self, kind: str, body: dict[str, Any]) -> None:
         self._ledger.append((kind, body))
 
-    def flush(self, **run_values: Any) -> None:
+    def add_prompt(self, call_id: str, point: str, model: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+        """For the prompt store: callers pass values already redacted."""
+        self._prompts.append({"run_id": self.run_id, "call_id": call_id, "point": point, "model": model,
+                              "request": request, "response": response, "created_at": timestamp()})  # fmt: skip
+
+    def flush(self, extra: Callable[[Any], Any] | None = None, **run_values: Any) -> None:
+        """Write what is buffered in one transaction; `extra` writes more in it (the run's spans)."""
         with self.db.transaction() as conn:
             self._write(conn, **run_values)
+            if extra is not None:
+                extra(conn)
 
     def _write(self, conn: Any, **run_values: Any) -> None:
         store.append_events(conn, self.run_id, self._events)
         ledger.append_many(conn, self._ledger, run_id=self.run_id)
+        if self._prompts:
+            conn.execute(prompts.insert(), self._prompts)
         store.update_run(conn, self.run_id, steps=self.step, state=self.state, **run_values)
-        self._events, self._ledger = [], []
+        self._events, self._ledger, self._prompts = [], [], []
 
     # -- the tool proxy's recorder ------------------------------------------
-    def proposed(self, call: ToolCall, args: dict[str, Any] | None, error: str | None) -> None:
+    def proposed(
+        self, call: ToolCall, args: dict[str, Any] | None, error: str | None, schema: dict[str, Any] | None = None
+    ) -> None:
         data = {"tool": call.tool, "args": args if args is not None else call.args, "proposer": call.proposer}
         if error:
             data["error"] = error
-        self.add_ledger("proposal", {"call_id": call.call_id, "step": self.step, **data})
+        # The journal keeps the call as made (replay needs it); the ledger only what compliance needs.
+        red = self.db.redactor
+        shown = {**data, "args": red.args(schema, data["args"]) if schema and redaction.marked(schema) else data["args"]}
+        if error:
+            shown["error"] = red.text(error)
+        self.add_ledger("proposal", {"call_id": call.call_id, "step": self.step, **shown})
         # What the code sent (before defaults were filled), to detect changed code on replay.
         self.add("proposal", call.call_id, {**data, "sent_digest": digest(call.args)})
 
@@ -98,7 +118,7 @@ class Journal:
         self.add("result", call.call_id, result.model_dump(mode="json"))
         body: dict[str, Any] = {"call_id": call.call_id, "tool": call.tool, "status": result.status}
         if result.error:
-            body["error"] = result.error
+            body["error"] = self.db.redactor.text(result.error)
         if result.output is not None:
             body["output_sha256"] = digest(result.output)
         if result.approval_id:
@@ -121,9 +141,9 @@ class MemoryJournal(Journal):
     written: list[store.Event] = field(default_factory=list)
     run_values: dict[str, Any] = field(default_factory=dict)
 
-    def flush(self, **run_values: Any) -> None:
+    def flush(self, extra: Callable[[Any], Any] | None = None, **run_values: Any) -> None:
         self.written.extend(self._events)
-        self._events, self._ledger = [], []
+        self._events, self._ledger, self._prompts = [], [], []
         self.run_values.update(run_values, steps=self.step, state=self.state)
 
     def approval_requested(self, call: ToolCall, decision: Decision) -> str:

@@ -8,6 +8,7 @@ BEGIN IMMEDIATE, so concurrent writers queue instead of failing mid-way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime as dt
 import os
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from tether.errors import StoreError
 from tether.record.migrations import SCHEMA_REVISION
+from tether.record.redaction import Redactor, load_key
 
 DEFAULT_URL = "sqlite:///.tether/tether.db"
 
@@ -91,6 +93,12 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             _install_sqlite_pragmas(self.engine)
         self._migrate(create)
+
+    @functools.cached_property
+    def redactor(self) -> Redactor:
+        """The redactor for this database; its key sits beside a SQLite file (or in .tether/)."""
+        path = _sqlite_path(self.url)
+        return Redactor(load_key(path.parent if path is not None else Path(".tether")))
 
     @property
     def label(self) -> str:

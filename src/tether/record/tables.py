@@ -42,6 +42,9 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     # The journal format; replay refuses formats it does not know.
     sa.Column("record_format", sa.Integer, nullable=False, server_default="1"),
+    # One trace per run: resumed segments are children of this root span.
+    sa.Column("trace_id", sa.String(32)),
+    sa.Column("root_span_id", sa.String(16)),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("updated_at", sa.String(32), nullable=False),
 )
@@ -101,4 +104,36 @@ ledger_head = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# The local trace store: spans of runs when no exporter is configured (and always,
+# unless TETHER_TRACE_STORE=off), for `tether runs show RUN --trace` and the dashboard.
+spans = sa.Table(
+    "spans",
+    metadata,
+    sa.Column("span_id", sa.String(16), primary_key=True),
+    sa.Column("trace_id", sa.String(32), nullable=False, index=True),
+    sa.Column("parent_span_id", sa.String(16)),
+    sa.Column("run_id", sa.String(40), index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("start_ns", sa.BigInteger, nullable=False),
+    sa.Column("end_ns", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attributes", sa.JSON, nullable=False),
+)
+
+# The prompt store: what each model was asked and answered, redacted, kept for a
+# short retention window (default 30 days) and purged by `tether purge`.
+prompts = sa.Table(
+    "prompts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(40), nullable=False, index=True),
+    sa.Column("call_id", sa.String(64), nullable=False),
+    sa.Column("point", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False, index=True),
 )

@@ -28,7 +28,9 @@ from tether.tools.tool import Grant, Tool, ToolContext
 
 
 class CallRecorder(Protocol):
-    def proposed(self, call: ToolCall, args: dict[str, Any] | None, error: str | None) -> None: ...
+    def proposed(
+        self, call: ToolCall, args: dict[str, Any] | None, error: str | None, schema: dict[str, Any] | None = None
+    ) -> None: ...
 
     def decided(self, call: ToolCall, decision: Decision) -> None: ...
 
@@ -109,12 +111,13 @@ class ToolProxy:
         try:
             t, args = self.validate(call)
         except (UnknownTool, InvalidArguments) as e:
-            recorder.proposed(call, None, str(e))
+            schema = self.registry.get(call.tool).schema if call.tool in self.registry else None
+            recorder.proposed(call, None, str(e), schema)
             return self._finish(recorder, call, status="invalid", error=str(e))
         clean = args.model_dump(mode="json")
 
         if approval is None:
-            recorder.proposed(call, clean, None)
+            recorder.proposed(call, clean, None, t.schema)
             decision = policy.decide(t.name, clean)
             recorder.decided(call, decision)
             if decision.action == "deny":
