@@ -10,6 +10,7 @@ from tether.cli.approvals import approvals
 from tether.cli.demo import demo
 from tether.cli.eval import eval_
 from tether.cli.ledger import ledger
+from tether.cli.observe import metrics, purge
 from tether.cli.policy import policy
 from tether.cli.replay import replay
 from tether.cli.runs import run, runs
@@ -21,7 +22,7 @@ def cli() -> None:
     """tether: run LLM agent workflows with bounded autonomy."""
 
 
-for command in (demo, run, runs, approvals, policy, ledger, replay, eval_):
+for command in (demo, run, runs, approvals, policy, ledger, replay, eval_, purge, metrics):
     cli.add_command(command)
 
 

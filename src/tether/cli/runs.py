@@ -14,6 +14,7 @@ from tether.errors import TetherError
 from tether.orchestration.runtime import FAILED_STATUSES, FINAL_STATUSES, Runtime, default_user
 from tether.orchestration.workflow import load
 from tether.record import runs as store
+from tether.record import tracing
 
 
 def result_line(r: Any) -> str:
@@ -76,14 +77,33 @@ def runs(ctx: click.Context, status: str | None, workflow: str | None, limit: in
 
 @runs.command()
 @click.argument("run_id", metavar="RUN")
+@click.option("--trace", "show_trace", is_flag=True, help="Show the run's spans (from the local trace store).")
 @db_option
 @json_option
 @one_line_errors
-def show(run_id: str, db_url: str | None, as_json: bool) -> None:
-    """One run: its input, status and every recorded step."""
+def show(run_id: str, show_trace: bool, db_url: str | None, as_json: bool) -> None:
+    """One run: its input, status and every recorded step (or its trace)."""
     with open_db(db_url).read() as conn:
         row = store.get_run(conn, run_id)
         events = store.load_events(conn, run_id)
+        spans = tracing.load(conn, run_id) if show_trace else []
+    if show_trace:
+        if as_json:
+            echo_json(spans)
+            return
+        depth: dict[str | None, int] = {}
+        for sp in spans:
+            d = depth.get(sp["parent_span_id"], -1) + 1
+            depth[sp["span_id"]] = d
+            ms = (sp["end_ns"] - sp["start_ns"]) / 1e6
+            keys = ("tether.policy.decision", "tether.call.status", "tether.decision.option", "gen_ai.usage.input_tokens")
+            extra = " ".join(f"{k.split('.')[-1]}={sp['attributes'][k]}" for k in keys if k in sp["attributes"])
+            click.echo(f"{'  ' * d}{sp['name']}  {ms:.2f} ms  {sp['status']}  {extra}".rstrip())
+        if not spans:
+            click.echo(f"no spans stored for {run_id} (traces went to an exporter, or TETHER_TRACE_STORE=off)")
+        else:
+            click.echo(f"trace {spans[0]['trace_id']}, {len(spans)} spans")
+        return
     head = {c: getattr(row, c) for c in ("id", "workflow", "workflow_version", "status", "outcome", "error", "steps",
                                          "started_by", "tenant", "policy_hash", "created_at", "updated_at", "input")}  # fmt: skip
     if as_json:
@@ -156,11 +176,14 @@ def stats(db_url: str | None, as_json: bool) -> None:
     """Summary figures over all runs."""
     with open_db(db_url).read() as conn:
         rows = store.list_runs(conn)
+        traceable, total = tracing.traceability(conn)
     by_status = Counter(r.status for r in rows)
     by_workflow = Counter(r.workflow for r in rows)
     steps = sorted(r.steps for r in rows)
     out = {
         "runs": len(rows),
+        "traceable": traceable,
+        "traceable_share": round(traceable / total, 4) if total else None,
         "by_status": dict(by_status.most_common()),
         "by_workflow": dict(by_workflow.most_common()),
         "max_steps": steps[-1] if steps else 0,
@@ -170,5 +193,7 @@ def stats(db_url: str | None, as_json: bool) -> None:
         echo_json(out)
         return
     click.echo(f"runs: {out['runs']}  max steps: {out['max_steps']}  mean steps: {out['mean_steps']}")
+    share = f"{out['traceable_share']:.1%}" if out["traceable_share"] is not None else "n/a"
+    click.echo(f"traceable end to end: {traceable} of {total} ({share})")
     for s, n in by_status.most_common():
         click.echo(f"  {s:<18} {n}")

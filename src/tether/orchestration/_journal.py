@@ -34,6 +34,7 @@ class Journal:
     _events: list[store.Event] = field(default_factory=list)
     _ledger: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _prompts: list[dict[str, Any]] = field(default_factory=list)
+    _run_values: dict[str, Any] = field(default_factory=dict)
     _next_seq: int = 1
 
     def __post_init__(self) -> None:
@@ -57,6 +58,10 @@ class Journal:
     def add_ledger(self, kind: str, body: dict[str, Any]) -> None:
         self._ledger.append((kind, body))
 
+    def set_run_values(self, **values: Any) -> None:
+        """Values for the run's row, written with the next flush."""
+        self._run_values.update(values)
+
     def add_prompt(self, call_id: str, point: str, model: str, request: dict[str, Any], response: dict[str, Any]) -> None:
         """For the prompt store: callers pass values already redacted."""
         self._prompts.append({"run_id": self.run_id, "call_id": call_id, "point": point, "model": model,
@@ -74,8 +79,8 @@ class Journal:
         ledger.append_many(conn, self._ledger, run_id=self.run_id)
         if self._prompts:
             conn.execute(prompts.insert(), self._prompts)
-        store.update_run(conn, self.run_id, steps=self.step, state=self.state, **run_values)
-        self._events, self._ledger, self._prompts = [], [], []
+        store.update_run(conn, self.run_id, steps=self.step, state=self.state, **self._run_values, **run_values)
+        self._events, self._ledger, self._prompts, self._run_values = [], [], [], {}
 
     # -- the tool proxy's recorder ------------------------------------------
     def proposed(

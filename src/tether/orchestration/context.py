@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic
 
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
 from pydantic import BaseModel
 
 from tether.errors import NonDeterminismError
@@ -14,6 +18,7 @@ from tether.models.base import Choice, DecisionRequest, Model
 from tether.orchestration._journal import Journal
 from tether.orchestration.workflow import DepsT, InputT
 from tether.record.canonical import digest
+from tether.record.tracing import RUN_ID
 from tether.tools.calls import ToolCall, ToolResult
 from tether.tools.proxy import Approval, RunInfo, ToolProxy
 
@@ -55,6 +60,7 @@ class RunContext(Generic[InputT, DepsT]):
         deps: DepsT,
         model: Callable[[], Model],
         approval_source: Callable[[ToolCall, Decision], Approval | None] | None = None,
+        tracer: Any = None,
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -68,6 +74,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._policy = policy
         self._model = model
         self._approval_source = approval_source  # replay answers approvals from the recording
+        self._tracer = tracer  # None: no spans (replay)
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
@@ -133,9 +140,42 @@ class RunContext(Generic[InputT, DepsT]):
             if ev.kind != "choice" or ev.data["point"] != point or ev.data["request_digest"] != request_digest:
                 raise NonDeterminismError(f"op {op}: the recorded run did not ask the model {point!r} with this input")
             return Choice.model_validate(ev.data["choice"])
-        choice = self._ask(request)
+        with self._span("chat", {"gen_ai.operation.name": "chat", "tether.decision.point": point,
+                                 "tether.decision.options": len(request.options)}) as span:  # fmt: skip
+            choice = self._ask(request)
+            span.update_name(f"chat {choice.model}")
+            span.set_attributes({
+                "gen_ai.request.model": choice.model, "gen_ai.response.model": choice.model,
+                "gen_ai.usage.input_tokens": choice.usage.input_tokens,
+                "gen_ai.usage.output_tokens": choice.usage.output_tokens,
+                "tether.decision.option": choice.option or "", "tether.decision.confidence": choice.confidence,
+                "tether.cost.usd": 0.0,
+            })  # fmt: skip
+            if choice.error:
+                span.set_status(StatusCode.ERROR, self._journal.db.redactor.text(choice.error)[:300])
         self._journal.add("choice", op, {"point": point, "request_digest": request_digest, "choice": choice.model_dump()})
+        self._store_prompt(op, request, choice)
         return choice
+
+    def _store_prompt(self, op: str, request: DecisionRequest, choice: Choice) -> None:
+        """What the model was asked and answered, redacted, for the short-retention prompt store."""
+        red = self._journal.db.redactor
+        observation = {k: red.text(v) if isinstance(v, str) else v for k, v in request.observation.items()}
+        args = choice.args
+        if choice.option in self.workflow.tools:
+            args = red.args(self.workflow.tools.get(choice.option).schema, args)
+        self._journal.add_prompt(
+            op, request.point, choice.model,
+            {"options": request.options, "observation": observation, "instructions": red.text(request.instructions)},
+            {"option": choice.option, "args": args, "confidence": choice.confidence,
+             "usage": choice.usage.model_dump(), "error": red.text(choice.error) if choice.error else None},
+        )  # fmt: skip
+
+    def _span(self, name: str, attributes: dict[str, Any]) -> Any:
+        if self._tracer is None:
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        attrs = {RUN_ID: self.id, "tether.step": self.step, "tether.state": self.state, **attributes}
+        return self._tracer.start_as_current_span(name, attributes=attrs, record_exception=False)
 
     def _ask(self, request: DecisionRequest) -> Choice:
         model = self._model()
@@ -169,9 +209,11 @@ class RunContext(Generic[InputT, DepsT]):
             if done is not None:
                 return done
         error = f"refused: {choice.error or 'no option chosen'}"
-        self._journal.proposed(call, None, error)
-        result = ToolResult(call_id=op, tool=call.tool, status="invalid", error=error)
-        self._journal.finished(call, result)
+        with self._tool_span(call) as span:
+            self._journal.proposed(call, None, error)
+            result = ToolResult(call_id=op, tool=call.tool, status="invalid", error=error)
+            self._journal.finished(call, result)
+            self._end_tool_span(span, result)
         return result
 
     def call(self, tool: str, args: Mapping[str, Any] | BaseModel, *, proposer: str | None = None) -> ToolResult:
@@ -184,15 +226,38 @@ class RunContext(Generic[InputT, DepsT]):
             done = self._replay_call(call, recorded)
             if done is not None:
                 return done
-        result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info())
-        if result.status == "pending_approval":
-            approval = self._approval_source(call, result.decision) if self._approval_source and result.decision else None
-            if approval is None:
-                raise Suspend(result.approval_id or "")
-            self._journal.approval_applied(call, approval.id, approval.approved, approval.by)
-            result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps,
-                                      run=self._info(), approval=approval)  # fmt: skip
+        with self._tool_span(call) as span:
+            result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info())
+            if result.status == "pending_approval":
+                approval = self._approval_source(call, result.decision) if self._approval_source and result.decision else None
+                if approval is None:
+                    self._end_tool_span(span, result)
+                    raise Suspend(result.approval_id or "")
+                self._journal.approval_applied(call, approval.id, approval.approved, approval.by)
+                result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps,
+                                          run=self._info(), approval=approval)  # fmt: skip
+            self._end_tool_span(span, result)
         return result
+
+    def _tool_span(self, call: ToolCall) -> Any:
+        return self._span(f"execute_tool {call.tool}", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.tool,
+                                                        "gen_ai.tool.call.id": call.call_id, "gen_ai.tool.type": "function",
+                                                        "tether.proposer": call.proposer})  # fmt: skip
+
+    def _end_tool_span(self, span: Any, result: ToolResult, wait_s: float | None = None) -> None:
+        attrs: dict[str, Any] = {"tether.call.status": result.status}
+        if result.decision is not None:
+            attrs.update({"tether.policy.decision": result.decision.action, "tether.policy.rules": result.decision.rules,
+                          "tether.policy.hash": result.decision.policy_hash})  # fmt: skip
+        if result.approval_id:
+            attrs["tether.approval.id"] = result.approval_id
+        if wait_s is not None:
+            attrs["tether.approval.wait_s"] = round(wait_s, 3)
+        if result.duration_ms is not None:
+            attrs["tether.tool.duration_ms"] = round(result.duration_ms, 3)
+        span.set_attributes(attrs)
+        if result.status in ("error", "timeout"):
+            span.set_status(StatusCode.ERROR, self._journal.db.redactor.text(result.error or result.status)[:300])
 
     def _info(self) -> RunInfo:
         return RunInfo(run_id=self.id, step=self.step, tenant=self.tenant)
@@ -225,7 +290,16 @@ class RunContext(Generic[InputT, DepsT]):
         approved = req.status == "approved"
         self._journal.approval_applied(call, req.id, approved, req.decided_by)
         approval = Approval(req.id, approved, req.decided_by or "", req.reason, Decision.model_validate(decision_ev.data))
-        return self._proxy.call(
-            call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info(), approval=approval
-        )
+        with self._tool_span(call) as span:
+            result = self._proxy.call(
+                call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info(), approval=approval
+            )
+            self._end_tool_span(span, result, wait_s=_seconds_between(req.requested_at, req.decided_at))
+        return result
 
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()

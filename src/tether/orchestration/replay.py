@@ -167,6 +167,8 @@ def replay(
 ) -> ReplayReport:
     with db.read() as conn:
         row = store.get_run(conn, run_id)
+        if row.record_format == 0:
+            raise IncompatibleRecording(f"the recording of run {run_id} was purged (retention); it cannot be replayed")
         if row.record_format != store.RECORD_FORMAT:
             raise IncompatibleRecording(
                 f"run {run_id} was recorded in format {row.record_format}; this tether replays format {store.RECORD_FORMAT}"

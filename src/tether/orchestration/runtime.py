@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import StatusCode
+
 from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
 from tether.guardrails.approvals import principal
 from tether.guardrails.policy import PolicySet
@@ -26,6 +29,7 @@ from tether.record import ledger
 from tether.record import runs as store
 from tether.record.canonical import digest
 from tether.record.db import Database
+from tether.record.tracing import RUN_ID, Tracing, ids, parent_context
 from tether.tools.proxy import ToolProxy
 
 # Statuses a run can have. The first three are not final.
@@ -72,6 +76,7 @@ class Runtime:
     _models: dict[str, Model] = field(default_factory=dict)
     _proxies: dict[str, ToolProxy] = field(default_factory=dict)
     _linted: set[tuple[str, str]] = field(default_factory=set)
+    tracing: Tracing | None = None
 
     # -- public -----------------------------------------------------------------
     def start(
@@ -130,7 +135,8 @@ class Runtime:
             if not store.claim_run(conn, run_id, row.status, RUNNING):
                 raise RunNotFound(f"run {run_id} is being resumed by another process")
             recorded = store.load_events(conn, run_id)
-        return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded)
+        return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded,
+                           trace_ids=(row.trace_id, row.root_span_id))  # fmt: skip
 
     def deps(self, workflow: Workflow[Any, Any]) -> Any:
         """The workflow's dependencies (its systems of record) as this runtime's runs see them."""
@@ -143,6 +149,8 @@ class Runtime:
     def close(self) -> None:
         for p in self._proxies.values():
             p.close()
+        if self.tracing is not None:
+            self.tracing.flush()
 
     # -- the loop ---------------------------------------------------------------
     def _drive(
@@ -154,40 +162,62 @@ class Runtime:
         tenant: str,
         started_by: str,
         recorded: list[store.Event],
+        trace_ids: tuple[str | None, str | None] = (None, None),
     ) -> RunResult:
         journal = Journal(self.db, run_id, recorded)
+        tracing = self._tracing()
+        root = tracing.tracer.start_span(
+            f"invoke_agent {workflow.name}", context=parent_context(*trace_ids),
+            attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": workflow.name, RUN_ID: run_id,
+                        "tether.workflow.version": workflow.version, "tether.policy.hash": policy.hash,
+                        "tether.tenant": tenant, "tether.resumed": bool(recorded)},
+        )  # fmt: skip
+        if trace_ids[0] is None:  # the first segment: its root span is the run's trace
+            journal.set_run_values(trace_id=ids(root)[0], root_span_id=ids(root)[1])
         ctx = RunContext(
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
             journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
-            model=lambda: self._model_for(workflow),
+            model=lambda: self._model_for(workflow), tracer=tracing.tracer,
         )  # fmt: skip
+        approval_id = None
         try:
-            end = drive(workflow, ctx)
-            return self._finish(journal, workflow, end.status, end.outcome, end.error)
-        except Suspend as s:
+            with trace.use_span(root, end_on_exit=False):
+                try:
+                    end = drive(workflow, ctx)
+                    status, outcome, error = end.status, end.outcome, end.error
+                except Suspend as s:
+                    status, outcome, error, approval_id = WAITING, None, None, s.approval_id
+                except EndRun as e:
+                    status, outcome, error = e.status, None, e.error
+                except TetherError as e:
+                    status, outcome, error = "failed", None, str(e)
+                except Exception as e:  # noqa: BLE001 - a bug in state code fails the run, not the process
+                    status, outcome, error = "failed", None, f"{type(e).__name__}: {e}"
+        except BaseException as e:  # KeyboardInterrupt, SystemExit: keep what was done, then let it go on
+            root.set_attribute("tether.run.status", INTERRUPTED)
+            root.end()
+            journal.flush(lambda conn: tracing.save(conn, run_id), status=INTERRUPTED,
+                          error=f"interrupted by {type(e).__name__}; `tether runs resume RUN --stranded` continues it")  # fmt: skip
+            raise
+        root.set_attribute("tether.run.status", status)
+        if error:
+            root.set_status(StatusCode.ERROR, self.db.redactor.text(error)[:500])
+        root.end()
+        if status != WAITING:
+            journal.add("end", None, {"status": status, "outcome": outcome, "error": error})
+            journal.add_ledger("run_finished", {"status": status, "outcome": outcome,
+                                                "error": self.db.redactor.text(error) if error else None, "steps": journal.step})  # fmt: skip
+            journal.flush(lambda conn: tracing.save(conn, run_id), status=status, outcome=outcome, error=error)
+        else:
             # Normally already written with the approval request; a resumed run
             # whose approval is still pending goes back to waiting here.
-            journal.flush(status=WAITING)
-            return RunResult(run_id, workflow.name, WAITING, None, journal.step, approval_id=s.approval_id)
-        except EndRun as e:
-            return self._finish(journal, workflow, e.status, None, e.error)
-        except TetherError as e:
-            return self._finish(journal, workflow, "failed", None, str(e))
-        except Exception as e:  # noqa: BLE001 - a bug in state code fails the run, not the process
-            return self._finish(journal, workflow, "failed", None, f"{type(e).__name__}: {e}")
-        except BaseException as e:  # KeyboardInterrupt, SystemExit: keep what was done, then let it go on
-            try:
-                journal.flush(status=INTERRUPTED, error=f"interrupted by {type(e).__name__}; `tether runs resume RUN --stranded` continues it")
-            finally:
-                raise
+            journal.flush(lambda conn: tracing.save(conn, run_id), status=WAITING)
+        return RunResult(run_id, workflow.name, status, outcome, journal.step, error, approval_id)
 
-    def _finish(
-        self, journal: Journal, workflow: Workflow[Any, Any], status: str, outcome: str | None, error: str | None
-    ) -> RunResult:
-        journal.add("end", None, {"status": status, "outcome": outcome, "error": error})
-        journal.add_ledger("run_finished", {"status": status, "outcome": outcome, "error": error, "steps": journal.step})
-        journal.flush(status=status, outcome=outcome, error=error)
-        return RunResult(journal.run_id, workflow.name, status, outcome, journal.step, error)
+    def _tracing(self) -> Tracing:
+        if self.tracing is None:
+            self.tracing = Tracing()
+        return self.tracing
 
     def _lint(self, workflow: Workflow[Any, Any], policy: PolicySet) -> None:
         """Refuse a policy with rules that would silently never be checked for this workflow."""

@@ -94,11 +94,15 @@ class Database:
             _install_sqlite_pragmas(self.engine)
         self._migrate(create)
 
+    @property
+    def key_folder(self) -> Path:
+        """Where this database's keys live: beside a SQLite file, else .tether/ (or set them by environment)."""
+        path = _sqlite_path(self.url)
+        return path.parent if path is not None else Path(".tether")
+
     @functools.cached_property
     def redactor(self) -> Redactor:
-        """The redactor for this database; its key sits beside a SQLite file (or in .tether/)."""
-        path = _sqlite_path(self.url)
-        return Redactor(load_key(path.parent if path is not None else Path(".tether")))
+        return Redactor(load_key(self.key_folder))
 
     @property
     def label(self) -> str:

@@ -150,3 +150,27 @@ def _plain(attrs: Any) -> dict[str, Any]:
 def load(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
     q = sa.select(spans_table).where(spans_table.c.run_id == run_id).order_by(spans_table.c.start_ns)
     return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def traceability(conn: sa.Connection) -> tuple[int, int]:
+    """(runs traceable end to end, runs): a run is traceable when its trace has a root span
+    and a span for every model call and tool call its journal recorded."""
+    from tether.record.tables import run_events, runs
+
+    recorded = dict(conn.execute(
+        sa.select(run_events.c.run_id, sa.func.count()).where(run_events.c.kind.in_(["choice", "result"]))
+        .group_by(run_events.c.run_id)
+    ).all())  # fmt: skip
+    name_kind = sa.case((spans_table.c.name.like("chat %"), "call"), (spans_table.c.name.like("execute_tool %"), "call"),
+                        (spans_table.c.name.like("invoke_agent %"), "root"), else_="other")  # fmt: skip
+    seen: dict[str, dict[str, int]] = defaultdict(dict)
+    for run_id, kind, n in conn.execute(
+        sa.select(spans_table.c.run_id, name_kind, sa.func.count()).group_by(spans_table.c.run_id, name_kind)
+    ):
+        seen[run_id][kind] = n
+    total = ok = 0
+    for (run_id,) in conn.execute(sa.select(runs.c.id)):
+        total += 1
+        s = seen.get(run_id, {})
+        ok += s.get("root", 0) >= 1 and s.get("call", 0) >= recorded.get(run_id, 0)
+    return ok, total

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from tether.record.redaction import PII
 from tether.tools.tool import Args, ToolContext, tool
 from tether.workflows.triage.intents import Priority, Queue
 from tether.workflows.triage.systems import Systems
@@ -41,10 +42,13 @@ Template = Literal[
 ]  # fmt: skip
 
 
+FreeText = PII("free_text")  # scanned for personal data before it is written anywhere but the journal
+
+
 class OpenTicketArgs(Args):
     ticket_id: TicketId
     customer_id: CustomerId
-    text: str = Field(min_length=1, max_length=5000)
+    text: Annotated[str, FreeText] = Field(min_length=1, max_length=5000)
 
 
 class TicketArgs(Args):
@@ -74,19 +78,19 @@ class ReplyArgs(Args):
 
 class EscalateArgs(Args):
     ticket_id: TicketId
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Annotated[str, FreeText] = Field(min_length=1, max_length=500)
 
 
 class IssueArgs(Args):
     ticket_id: TicketId
-    title: str = Field(min_length=1, max_length=200)
-    body: str = Field(max_length=5000)
+    title: Annotated[str, FreeText] = Field(min_length=1, max_length=200)
+    body: Annotated[str, FreeText] = Field(max_length=5000)
     labels: list[Tag] = Field(max_length=6)
 
 
 class PostArgs(Args):
     channel: Channel
-    text: str = Field(min_length=1, max_length=2000)
+    text: Annotated[str, FreeText] = Field(min_length=1, max_length=2000)
 
 
 class RefundArgs(Args):

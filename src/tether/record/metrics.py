@@ -1,0 +1,100 @@
+"""Prometheus exposition of what the database holds: runs, tool calls, approvals, models, evals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from tether.record.db import Database
+from tether.record.tables import approvals, run_events, runs
+from tether.record.tracing import traceability
+
+_WAIT_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+
+
+class _FromDatabase:
+    def __init__(self, db: Database, eval_files: list[str]) -> None:
+        self.db = db
+        self.eval_files = eval_files
+
+    def collect(self) -> Iterator[Metric]:
+        with self.db.read() as conn:
+            yield from self._runs(conn)
+            yield from self._calls(conn)
+            yield from self._approvals(conn)
+        yield from self._evals()
+
+    def _runs(self, conn: sa.Connection) -> Iterator[Metric]:
+        g = GaugeMetricFamily("tether_runs", "Runs by workflow and status", labels=["workflow", "status"])
+        for wf, status, n in conn.execute(sa.select(runs.c.workflow, runs.c.status, sa.func.count()).group_by(runs.c.workflow, runs.c.status)):
+            g.add_metric([wf, status], n)
+        yield g
+        ok, total = traceability(conn)
+        yield GaugeMetricFamily("tether_runs_traceable_ratio", "Share of runs traceable end to end", value=ok / total if total else 0.0)
+
+    def _calls(self, conn: sa.Connection) -> Iterator[Metric]:
+        decisions: dict[tuple[str, str], str] = {}
+        results: Counter[tuple[str, str, str]] = Counter()
+        tokens: Counter[tuple[str, str]] = Counter()
+        q = sa.select(run_events.c.run_id, run_events.c.call_id, run_events.c.kind, run_events.c.data).where(
+            run_events.c.kind.in_(["decision", "result", "choice"]))  # fmt: skip
+        for run_id, call_id, kind, data in conn.execute(q):
+            if kind == "decision":
+                decisions[(run_id, call_id)] = data["action"]
+            elif kind == "result":
+                results[(data["tool"], decisions.get((run_id, call_id), "none"), data["status"])] += 1
+            else:
+                c = data["choice"]
+                tokens[(c["model"], "input")] += c["usage"]["input_tokens"]
+                tokens[(c["model"], "output")] += c["usage"]["output_tokens"]
+        c = CounterMetricFamily("tether_tool_calls", "Tool calls by tool, policy decision and result",
+                                labels=["tool", "decision", "status"])  # fmt: skip
+        for (tool, decision, status), n in sorted(results.items()):
+            c.add_metric([tool, decision, status], n)
+        yield c
+        t = CounterMetricFamily("tether_model_tokens", "Model tokens by model and direction", labels=["model", "direction"])
+        for (model, direction), n in sorted(tokens.items()):
+            t.add_metric([model, direction], n)
+        yield t
+        # No priced model call exists yet (the offline model is free); the meter comes with model providers.
+        yield CounterMetricFamily("tether_model_cost_usd", "Model spend in USD", value=0.0)
+
+    def _approvals(self, conn: sa.Connection) -> Iterator[Metric]:
+        waits = []
+        pending = Counter()
+        for status, requested, decided in conn.execute(sa.select(approvals.c.status, approvals.c.requested_at, approvals.c.decided_at)):
+            if decided:
+                waits.append((dt.datetime.fromisoformat(decided) - dt.datetime.fromisoformat(requested)).total_seconds())
+            pending[status] += 1
+        h = HistogramMetricFamily("tether_approval_wait_seconds", "Time from approval request to decision")
+        buckets = [(str(b), sum(w <= b for w in waits)) for b in _WAIT_BUCKETS] + [("+Inf", len(waits))]
+        h.add_metric([], buckets, sum_value=sum(waits))
+        yield h
+        g = GaugeMetricFamily("tether_approvals", "Approval requests by status", labels=["status"])
+        for status, n in sorted(pending.items()):
+            g.add_metric([status], n)
+        yield g
+
+    def _evals(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily("tether_eval_score", "Eval figures from result files", labels=["source", "metric"])
+        for path in self.eval_files:
+            data: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+            for metric in ("task_success", "routing_accuracy", "unsafe_action_rate", "policy_violation_rate",
+                           "escalation_rate", "cost_per_task_usd"):  # fmt: skip
+                if isinstance(data.get(metric), (int, float)):
+                    g.add_metric([data.get("source") or Path(path).name, metric], float(data[metric]))
+        yield g
+
+
+def exposition(db: Database, eval_files: list[str] | None = None) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_FromDatabase(db, eval_files or []))  # type: ignore[arg-type]
+    return generate_latest(registry)
