@@ -26,6 +26,7 @@ from tether.orchestration.workflow import End, Next, Workflow
 from tether.orchestration.workflow import load as load_workflow
 from tether.record.db import Database
 from tether.record.ledger import Ledger, LedgerEntry, VerifyReport
+from tether.record.redaction import PII, SECRET, Redactor
 from tether.tools.calls import ToolCall, ToolResult
 from tether.tools.proxy import ToolProxy
 from tether.tools.registry import ToolRegistry
@@ -34,7 +35,7 @@ from tether.tools.tool import Args, Grant, Tool, ToolContext, tool
 __all__ = [
     "ApprovalError", "ApprovalInbox", "ApprovalRequest", "Args", "Choice", "Database", "Decision",
     "DecisionRequest", "End", "Grant", "InvalidArguments", "Ledger", "LedgerEntry", "LedgerError", "Model",
-    "Next", "NonDeterminismError", "PolicyError", "PolicySet", "RunContext", "RunNotFound", "RunResult",
+    "Next", "NonDeterminismError", "PII", "Redactor", "SECRET", "PolicyError", "PolicySet", "RunContext", "RunNotFound", "RunResult",
     "Runtime", "StoreError", "TetherError", "TextClassifier", "Tool", "ToolCall", "ToolContext", "ToolError",
     "ToolProxy", "ToolRegistry", "ToolResult", "UnknownTool", "Usage", "VerifyReport", "Workflow",
     "WorkflowError", "load_workflow", "tool",

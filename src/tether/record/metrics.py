@@ -41,22 +41,24 @@ class _FromDatabase:
         yield GaugeMetricFamily("tether_runs_traceable_ratio", "Share of runs traceable end to end", value=ok / total if total else 0.0)
 
     def _calls(self, conn: sa.Connection) -> Iterator[Metric]:
-        decisions: dict[tuple[str, str], str] = {}
-        results: Counter[tuple[str, str, str]] = Counter()
+        calls: dict[tuple[str, str], list[str]] = {}  # (run, call) -> [tool, decision, status]
         tokens: Counter[tuple[str, str]] = Counter()
         q = sa.select(run_events.c.run_id, run_events.c.call_id, run_events.c.kind, run_events.c.data).where(
-            run_events.c.kind.in_(["decision", "result", "choice"]))  # fmt: skip
+            run_events.c.kind.in_(["proposal", "decision", "result", "choice"]))  # fmt: skip
         for run_id, call_id, kind, data in conn.execute(q):
-            if kind == "decision":
-                decisions[(run_id, call_id)] = data["action"]
-            elif kind == "result":
-                results[(data["tool"], decisions.get((run_id, call_id), "none"), data["status"])] += 1
-            else:
+            if kind == "proposal":
+                calls.setdefault((run_id, call_id), [data["tool"], "none", "proposed"])
+            elif kind == "decision" and (run_id, call_id) in calls:
+                calls[(run_id, call_id)][1:] = [data["action"], "pending_approval" if data["action"] == "require_human_approval" else "decided"]
+            elif kind == "result" and (run_id, call_id) in calls:
+                calls[(run_id, call_id)][2] = data["status"]
+            elif kind == "choice":
                 c = data["choice"]
                 tokens[(c["model"], "input")] += c["usage"]["input_tokens"]
                 tokens[(c["model"], "output")] += c["usage"]["output_tokens"]
         c = CounterMetricFamily("tether_tool_calls", "Tool calls by tool, policy decision and result",
                                 labels=["tool", "decision", "status"])  # fmt: skip
+        results = Counter(tuple(v) for v in calls.values())
         for (tool, decision, status), n in sorted(results.items()):
             c.add_metric([tool, decision, status], n)
         yield c
