@@ -231,7 +231,9 @@ class Runtime:
     # -- per-workflow singletons ------------------------------------------------
     def _proxy(self, workflow: Workflow[Any, Any]) -> ToolProxy:
         if workflow.name not in self._proxies:
-            self._proxies[workflow.name] = ToolProxy(workflow.tools)
+            from tether.tools.credentials import Credentials
+
+            self._proxies[workflow.name] = ToolProxy(workflow.tools, credentials=Credentials(self.db))
         return self._proxies[workflow.name]
 
     def _deps_for(self, workflow: Workflow[Any, Any]) -> Any:

@@ -166,16 +166,26 @@ def load_key(folder: Path) -> bytes:
     env = os.environ.get("TETHER_REDACTION_KEY")
     if env:
         return env.encode()
-    path = folder / "redaction.key"
+    return create_once(folder / "redaction.key", lambda: secrets.token_hex(32).encode())
+
+
+def create_once(path: Path, make: Any) -> bytes:
+    """The file's bytes, writing `make()` first if it does not exist. Safe between
+    processes: the content is written aside and linked into place whole, so no
+    reader sees a half-written key and the first writer wins."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        folder.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_hex(32).encode()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return key
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(make())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return path.read_bytes()

@@ -21,23 +21,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from tether.errors import LedgerError
 from tether.record.canonical import canonical_json
+from tether.record.redaction import create_once
 
 
-def load_signing_key(folder: Path) -> Ed25519PrivateKey:
-    """$TETHER_LEDGER_SIGNING_KEY (a PEM file), else `ledger-signing.pem` in `folder` (made once, mode 0600)."""
-    path = Path(os.environ.get("TETHER_LEDGER_SIGNING_KEY") or folder / "ledger-signing.pem")
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-        except FileExistsError:
-            pass
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+def load_signing_key(folder: Path, name: str = "ledger-signing.pem") -> Ed25519PrivateKey:
+    """An Ed25519 key in `folder/name` (made once, mode 0600); for the ledger, $TETHER_LEDGER_SIGNING_KEY wins."""
+    env = os.environ.get("TETHER_LEDGER_SIGNING_KEY") if name == "ledger-signing.pem" else None
+    path = Path(env or folder / name)
+    pem = create_once(path, lambda: Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise LedgerError(f"{path}: not an Ed25519 private key")
     return key

@@ -81,6 +81,45 @@ approvals = sa.Table(
     sa.Column("decided_by", sa.String(200)),
     sa.Column("decided_at", sa.String(32)),
     sa.Column("reason", sa.Text),
+    # Tiers: how many distinct approvers, of which role; when the request expires and what then.
+    sa.Column("required", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("role", sa.String(100)),
+    sa.Column("expires_at", sa.String(32)),
+    sa.Column("on_expiry", sa.String(16), nullable=False, server_default="deny"),
+    sa.Column("escalate_to", sa.String(100)),
+    sa.Column("risk", sa.Float),
+)
+
+# One vote per person per request (the key is the normalised name).
+approval_votes = sa.Table(
+    "approval_votes",
+    metadata,
+    sa.Column("approval_id", sa.String(40), sa.ForeignKey("approvals.id"), primary_key=True),
+    sa.Column("voter_key", sa.String(200), primary_key=True),
+    sa.Column("voter", sa.String(200), nullable=False),
+    sa.Column("approve", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("voted_at", sa.String(32), nullable=False),
+)
+
+# Who may approve what: a role, scoped to tool families (a glob like "payments.*").
+approvers = sa.Table(
+    "approvers",
+    metadata,
+    sa.Column("name_key", sa.String(200), primary_key=True),
+    sa.Column("role", sa.String(100), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("tools", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+# Transaction-scoped credentials already used (each is good for one call).
+used_credentials = sa.Table(
+    "used_credentials",
+    metadata,
+    sa.Column("jti", sa.String(64), primary_key=True),
+    sa.Column("tool", sa.String(200), nullable=False),
+    sa.Column("used_at", sa.String(32), nullable=False),
 )
 
 ledger_entries = sa.Table(

@@ -80,8 +80,11 @@ class ToolProxy:
     answer from a recording instead of touching live systems.
     """
 
-    def __init__(self, registry: ToolRegistry, *, max_workers: int = 8, executor: Executor | None = None) -> None:
+    def __init__(
+        self, registry: ToolRegistry, *, max_workers: int = 8, executor: Executor | None = None, credentials: Any = None
+    ) -> None:
         self.registry = registry
+        self.credentials = credentials  # mints a transaction-scoped token for every authorised call
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tether-tool")
         self._executor: Executor = executor or self._execute
 
@@ -139,14 +142,20 @@ class ToolProxy:
                     recorder, call, status="rejected", error=why, decision=decision, approval_id=approval.id
                 )
 
+        token = None
+        if self.credentials is not None:
+            target = "" if t.target is None else str(clean.get(t.target))
+            token = self.credentials.mint(tool=t.name, target=target, run_id=run.run_id, step=run.step, call_id=call.call_id)
         grant = Grant(
             call_id=call.call_id,
             tool=t.name,
             policy_hash=decision.policy_hash,
             rules=tuple(decision.rules),
             approval_id=approval.id if approval else None,
+            credential=token,
         )
-        ctx = ToolContext(deps=deps, run_id=run.run_id, step=run.step, call_id=call.call_id, tenant=run.tenant, grant=grant)
+        ctx = ToolContext(deps=deps, run_id=run.run_id, step=run.step, call_id=call.call_id, tenant=run.tenant,
+                          grant=grant, verifier=self.credentials)  # fmt: skip
         status, output, error, ms = self._executor(t, ctx, args)
         return self._finish(
             recorder,

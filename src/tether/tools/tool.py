@@ -47,6 +47,8 @@ class Grant:
     policy_hash: str
     rules: tuple[str, ...]
     approval_id: str | None = None
+    credential: str | None = None  # the transaction-scoped token for this call
+
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,17 @@ class ToolContext(Generic[DepsT]):
     call_id: str
     tenant: str
     grant: Grant
+    verifier: Any = None  # tether.tools.credentials.Credentials, or None when the proxy mints none
+
+    def check_credential(self, target: object = "") -> dict[str, Any]:
+        """Refuse unless this call's credential is valid, unused, and for this tool and `target`.
+
+        Tools that change things call this first; it uses the credential up."""
+        if self.verifier is None:
+            from tether.tools.credentials import CredentialError
+
+            raise CredentialError(f"{self.grant.tool}: no credential was issued for this call")
+        return self.verifier.verify(self.grant.credential, tool=self.grant.tool, target=str(target))  # type: ignore[no-any-return]
 
     @property
     def idempotency_key(self) -> str:
@@ -74,6 +87,7 @@ class Tool:
     timeout_s: float | None
     side_effect: bool
     schema: dict[str, Any]
+    target: str | None  # the argument naming the object a call acts on (credentials bind to it)
     _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
     _validator: jsonschema.protocols.Validator = field(repr=False)
 
@@ -113,6 +127,7 @@ def tool(
     description: str | None = None,
     timeout_s: float | None = 10.0,
     side_effect: bool = True,
+    target: str | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs)."""
     if not _NAME.match(name):
@@ -128,6 +143,8 @@ def tool(
         if not (isinstance(args_model, type) and issubclass(args_model, BaseModel)):
             raise ToolError(f"tool {name}: the 'args' parameter must be annotated with a pydantic model")
         schema = args_model.model_json_schema()
+        if target is not None and target not in schema.get("properties", {}):
+            raise ToolError(f"tool {name}: target {target!r} is not one of its arguments")
         open_at = _closed_objects(schema)
         if open_at:
             raise ToolError(f"tool {name}: {open_at} accepts unknown fields; derive it from tether.Args")
@@ -141,6 +158,7 @@ def tool(
             timeout_s=timeout_s,
             side_effect=side_effect,
             schema=schema,
+            target=target,
             _fn=fn,
             _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
         )

@@ -175,22 +175,25 @@ def post(ctx: Ctx, args: PostArgs) -> dict[str, Any]:
     return ctx.deps.post(ctx.idempotency_key, args.channel, args.text)
 
 
-@tool("payments.refund")
+@tool("payments.refund", target="transaction_id")
 def refund(ctx: Ctx, args: RefundArgs) -> dict[str, Any]:
     """Refund (part of) a transaction to the customer's account."""
+    ctx.check_credential(args.transaction_id)
     cents = round(args.amount_usd * 100)
     return ctx.deps.refund(ctx.idempotency_key, args.transaction_id, cents, args.ticket_id, args.reason)
 
 
-@tool("cards.freeze")
+@tool("cards.freeze", target="card_id")
 def freeze(ctx: Ctx, args: FreezeArgs) -> dict[str, Any]:
     """Freeze a card so no new payment can be made with it."""
+    ctx.check_credential(args.card_id)
     return ctx.deps.freeze_card(ctx.idempotency_key, args.card_id, args.reason)
 
 
-@tool("crm.delete_customer")
+@tool("crm.delete_customer", target="customer_id")
 def delete_customer(ctx: Ctx, args: DeleteCustomerArgs) -> dict[str, Any]:
     """Close and delete a customer's account."""
+    ctx.check_credential(args.customer_id)
     return ctx.deps.delete_customer(ctx.idempotency_key, args.customer_id)
 
 
