@@ -33,7 +33,18 @@ STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
 _FILE_KEYS = {"policies", "default", "description", "version"}
 _RULE_KEYS = {"name", "if", "then", "description"}
-_THEN_KEYS = {"action", "reason"}
+_THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ApprovalTier(BaseModel):
+    """Who must approve a call a rule sends to people, and for how long the request stands."""
+
+    required: int = 1  # distinct approvers
+    role: str | None = None  # approvers need this role, scoped to the tool's family
+    expires_in_s: int | None = None
+    on_expiry: Literal["deny", "escalate"] = "deny"
+    escalate_to: str | None = None  # the role that takes over an expired request
 
 
 class Decision(BaseModel):
@@ -44,6 +55,8 @@ class Decision(BaseModel):
     matched: list[str] = []
     policy_hash: str
     reason: str
+    risk: float | None = None
+    approval: ApprovalTier | None = None
 
     @property
     def allowed(self) -> bool:
@@ -58,6 +71,7 @@ class Rule:
     action: Action
     line: int
     reason: str | None = None
+    tier: ApprovalTier | None = None
 
     def matches(self, tool: str, args: Mapping[str, Any]) -> tuple[bool, list[str]]:
         """(matched, arguments that were empty). An empty (null) argument cannot prove
@@ -108,7 +122,14 @@ class PolicySet:
         # and `sha256sum FILE` matches it.
         return cls.from_text(text, str(p))
 
-    def decide(self, tool: str, args: Mapping[str, Any]) -> Decision:
+    def decide(self, tool: str, args: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> Decision:
+        """The decision for a call. `context` supplies the reserved keys rules may test besides
+        arguments: `risk` (the call's risk score), `tenant`, `principal`."""
+        d = self._decide(tool, {**args, **(context or {})})
+        risk = (context or {}).get("risk")
+        return d.model_copy(update={"risk": risk}) if risk is not None else d
+
+    def _decide(self, tool: str, args: Mapping[str, Any]) -> Decision:
         matched: list[Rule] = []
         unknown: list[str] = []
         for rule in self.rules:
@@ -137,7 +158,9 @@ class PolicySet:
         action = max((r.action for r in matched), key=STRICTNESS.__getitem__)
         producing = [r for r in matched if r.action == action]
         reasons = [r.reason for r in producing if r.reason] + unknown
+        tiers = [r.tier for r in producing if r.tier] if action == "require_human_approval" else []
         return Decision(
+            approval=_strictest_tier(tiers) if tiers else None,
             action=action,
             rules=[r.name for r in producing],
             matched=[r.name for r in matched],
@@ -232,4 +255,46 @@ def _parse_rule(item: Any, source: str, list_line: int) -> Rule:
             raise _err(source, then.key_lines[key], name, f"unknown key {key!r} under 'then'")
     action = _action(then["action"], source, then.key_lines["action"], name)
     reason = then.get("reason")
-    return Rule(name, tool, tuple(conditions), action, line, str(reason) if reason is not None else None)
+    tier = _tier(then, source, name, action)
+    return Rule(name, tool, tuple(conditions), action, line, str(reason) if reason is not None else None, tier)
+
+
+def _tier(then: Any, source: str, name: str, action: Action) -> ApprovalTier | None:
+    keys = {"approvers", "role", "expires_in", "on_expiry", "escalate_to"} & set(then)
+    if not keys:
+        return None
+    first = min(then.key_lines[k] for k in keys)
+    if action != "require_human_approval":
+        raise _err(source, first, name, f"{', '.join(sorted(keys))} only go with require_human_approval")
+    approvers = then.get("approvers", 1)
+    if not isinstance(approvers, int) or isinstance(approvers, bool) or not 1 <= approvers <= 5:
+        raise _err(source, then.key_lines.get("approvers", first), name, "approvers must be a whole number from 1 to 5")
+    expires = then.get("expires_in")
+    seconds = None
+    if expires is not None:
+        text = str(expires).strip()
+        if len(text) < 2 or text[-1] not in _DURATION or not text[:-1].isdigit() or int(text[:-1]) == 0:
+            raise _err(source, then.key_lines["expires_in"], name, f"expires_in {expires!r} is not a duration like 30m, 4h or 2d")
+        seconds = int(text[:-1]) * _DURATION[text[-1]]
+    on_expiry = then.get("on_expiry", "deny")
+    if on_expiry not in ("deny", "escalate"):
+        raise _err(source, then.key_lines["on_expiry"], name, "on_expiry must be deny or escalate")
+    if on_expiry == "escalate" and not then.get("escalate_to"):
+        raise _err(source, then.key_lines["on_expiry"], name, "on_expiry: escalate needs escalate_to: ROLE")
+    if on_expiry == "escalate" and seconds is None:
+        raise _err(source, then.key_lines["on_expiry"], name, "on_expiry needs expires_in")
+    return ApprovalTier(required=approvers, role=then.get("role"), expires_in_s=seconds, on_expiry=on_expiry,
+                        escalate_to=then.get("escalate_to"))  # fmt: skip
+
+
+def _strictest_tier(tiers: list[ApprovalTier]) -> ApprovalTier:
+    """Several approval rules at once: the most approvers, the first role, the soonest expiry."""
+    expiring = [t for t in tiers if t.expires_in_s is not None]
+    soonest = min(expiring, key=lambda t: t.expires_in_s or 0) if expiring else None
+    return ApprovalTier(
+        required=max(t.required for t in tiers),
+        role=next((t.role for t in tiers if t.role), None),
+        expires_in_s=soonest.expires_in_s if soonest else None,
+        on_expiry=soonest.on_expiry if soonest else "deny",
+        escalate_to=soonest.escalate_to if soonest else None,
+    )

@@ -87,6 +87,8 @@ class Journal:
         self, call: ToolCall, args: dict[str, Any] | None, error: str | None, schema: dict[str, Any] | None = None
     ) -> None:
         data = {"tool": call.tool, "args": args if args is not None else call.args, "proposer": call.proposer}
+        if call.risk_context:
+            data["risk_context"] = call.risk_context
         if error:
             data["error"] = error
         # The journal keeps the call as made (replay needs it); the ledger only what compliance needs.

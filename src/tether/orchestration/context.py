@@ -61,6 +61,7 @@ class RunContext(Generic[InputT, DepsT]):
         model: Callable[[], Model],
         approval_source: Callable[[ToolCall, Decision], Approval | None] | None = None,
         tracer: Any = None,
+        history: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -75,6 +76,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._model = model
         self._approval_source = approval_source  # replay answers approvals from the recording
         self._tracer = tracer  # None: no spans (replay)
+        self._history = history  # (tenant, tool) -> never executed for this tenant before?
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
@@ -198,7 +200,8 @@ class RunContext(Generic[InputT, DepsT]):
         as an invalid proposal and never reaches the proxy."""
         if not choice.ok:
             return self._refuse(choice)
-        return self.call(choice.option or "", choice.args, proposer=f"model:{choice.model}")
+        return self.call(choice.option or "", choice.args, proposer=f"model:{choice.model}",
+                         risk={"confidence": choice.confidence})  # fmt: skip
 
     def _refuse(self, choice: Choice) -> ToolResult:
         op = self._next_op()
@@ -216,7 +219,16 @@ class RunContext(Generic[InputT, DepsT]):
             self._end_tool_span(span, result)
         return result
 
-    def call(self, tool: str, args: Mapping[str, Any] | BaseModel, *, proposer: str | None = None) -> ToolResult:
+    def call(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | BaseModel,
+        *,
+        proposer: str | None = None,
+        risk: Mapping[str, Any] | None = None,
+    ) -> ToolResult:
+        """Propose a tool call through the proxy. `risk` adds features to its risk score:
+        `customer_tier` (standard, premium, metal) and `confidence` (of the choice behind it)."""
         op = self._next_op()
         plain = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
         call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}")
@@ -226,6 +238,7 @@ class RunContext(Generic[InputT, DepsT]):
             done = self._replay_call(call, recorded)
             if done is not None:
                 return done
+        call = call.model_copy(update={"risk_context": {**(risk or {}), "novel": self._novel(tool)}})
         with self._tool_span(call) as span:
             result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info())
             if result.status == "pending_approval":
@@ -239,6 +252,9 @@ class RunContext(Generic[InputT, DepsT]):
             self._end_tool_span(span, result)
         return result
 
+    def _novel(self, tool: str) -> bool:
+        return self._history(self.tenant, tool) if self._history else False
+
     def _tool_span(self, call: ToolCall) -> Any:
         return self._span(f"execute_tool {call.tool}", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.tool,
                                                         "gen_ai.tool.call.id": call.call_id, "gen_ai.tool.type": "function",
@@ -246,6 +262,8 @@ class RunContext(Generic[InputT, DepsT]):
 
     def _end_tool_span(self, span: Any, result: ToolResult, wait_s: float | None = None) -> None:
         attrs: dict[str, Any] = {"tether.call.status": result.status}
+        if result.decision is not None and result.decision.risk is not None:
+            attrs["tether.risk.score"] = result.decision.risk
         if result.decision is not None:
             attrs.update({"tether.policy.decision": result.decision.action, "tether.policy.rules": result.decision.rules,
                           "tether.policy.hash": result.decision.policy_hash})  # fmt: skip

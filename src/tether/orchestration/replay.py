@@ -117,11 +117,14 @@ class _Recording:
         self.results: dict[str, list[dict[str, Any]]] = defaultdict(list)
         # Approvals are keyed by what the code sent, results by the validated arguments.
         self.approvals: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.novelty: dict[str, list[bool]] = defaultdict(list)  # risk feature, as it was when recorded
         proposals: dict[str, tuple[str, str]] = {}
         for e in events:
             if e.kind == "choice":
                 self.choices[(e.data["point"], e.data["request_digest"])].append(Choice.model_validate(e.data["choice"]))
             elif e.kind == "proposal" and e.call_id:
+                if e.call_id not in proposals:
+                    self.novelty[e.data["tool"]].append(bool(e.data.get("risk_context", {}).get("novel")))
                 sent = f"{e.data['tool']}|{e.data['sent_digest']}"
                 proposals.setdefault(e.call_id, (digest([e.data["tool"], e.data["args"]]), sent))
             elif e.kind == "approval" and e.call_id in proposals:
@@ -142,6 +145,10 @@ class _Recording:
                             "replay does not call live systems")  # fmt: skip
         r = queue.pop(0)
         return r["status"], r.get("output"), r.get("error"), 0.0
+
+    def novel(self, tenant: str, tool: str) -> bool:
+        queue = self.novelty.get(tool)
+        return queue.pop(0) if queue else False
 
     def approval(self, call: ToolCall, decision: Decision) -> Approval | None:
         """The recorded human answer for this call, applied to the decision made now."""
@@ -187,6 +194,7 @@ def replay(
     ctx = RunContext(
         run_id=run_id, workflow=wf, input=wf.parse_input(row.input), tenant=row.tenant, started_by=row.started_by,
         journal=journal, proxy=proxy, policy=pol, deps=None, model=lambda: model, approval_source=recording.approval,
+        history=recording.novel,
     )  # fmt: skip
     stopped = error = None
     try:

@@ -10,6 +10,8 @@ run never repeats a side effect.
 from __future__ import annotations
 
 import getpass
+
+import sqlalchemy as sa
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ from tether.record import ledger
 from tether.record import runs as store
 from tether.record.canonical import digest
 from tether.record.db import Database
+from tether.record.tables import run_events
+from tether.record.tables import runs as runs_table
 from tether.record.tracing import RUN_ID, Tracing, ids, parent_context
 from tether.tools.proxy import ToolProxy
 
@@ -77,6 +81,7 @@ class Runtime:
     _proxies: dict[str, ToolProxy] = field(default_factory=dict)
     _linted: set[tuple[str, str]] = field(default_factory=set)
     tracing: Tracing | None = None
+    _known: set[tuple[str, str]] = field(default_factory=set)
 
     # -- public -----------------------------------------------------------------
     def start(
@@ -177,7 +182,7 @@ class Runtime:
         ctx = RunContext(
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
             journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
-            model=lambda: self._model_for(workflow), tracer=tracing.tracer,
+            model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel,
         )  # fmt: skip
         approval_id = None
         try:
@@ -213,6 +218,21 @@ class Runtime:
             # whose approval is still pending goes back to waiting here.
             journal.flush(lambda conn: tracing.save(conn, run_id), status=WAITING)
         return RunResult(run_id, workflow.name, status, outcome, journal.step, error, approval_id)
+
+    def _novel(self, tenant: str, tool: str) -> bool:
+        """Whether `tool` was never executed for `tenant` (a risk feature); known tools are cached."""
+        if (tenant, tool) in self._known:
+            return False
+        with self.db.read() as conn:
+            seen = conn.execute(
+                sa.select(run_events.c.run_id).join(runs_table, runs_table.c.id == run_events.c.run_id)
+                .where(runs_table.c.tenant == tenant, run_events.c.kind == "result",
+                       run_events.c.data["tool"].as_string() == tool, run_events.c.data["status"].as_string() == "ok")
+                .limit(1)
+            ).first()  # fmt: skip
+        if seen:
+            self._known.add((tenant, tool))
+        return seen is None
 
     def _tracing(self) -> Tracing:
         if self.tracing is None:

@@ -28,6 +28,7 @@ class ToolCall(BaseModel):
     tool: str
     args: dict[str, Any]
     proposer: str
+    risk_context: dict[str, Any] = {}  # features for the risk score beyond the arguments (recorded for replay)
 
 
 class ToolResult(BaseModel):

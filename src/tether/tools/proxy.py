@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from tether.errors import InvalidArguments, UnknownTool
 from tether.guardrails.policy import Decision, PolicySet
+from tether.guardrails.risk import features_for, score
 from tether.tools.calls import CallStatus, ToolCall, ToolResult
 from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Grant, Tool, ToolContext
@@ -111,6 +112,7 @@ class ToolProxy:
         run: RunInfo,
         approval: Approval | None = None,
     ) -> ToolResult:
+        """`call.risk_context` feeds the risk score: customer_tier, confidence, novel (bool)."""
         try:
             t, args = self.validate(call)
         except (UnknownTool, InvalidArguments) as e:
@@ -121,7 +123,9 @@ class ToolProxy:
 
         if approval is None:
             recorder.proposed(call, clean, None, t.schema)
-            decision = policy.decide(t.name, clean)
+            rc = call.risk_context
+            risk = score(features_for(t, clean, rc, bool(rc.get("novel"))))
+            decision = policy.decide(t.name, clean, {"risk": risk, "tenant": run.tenant, "principal": call.proposer})
             recorder.decided(call, decision)
             if decision.action == "deny":
                 return self._finish(recorder, call, status="denied", error=decision.reason, decision=decision)

@@ -88,6 +88,9 @@ class Tool:
     side_effect: bool
     schema: dict[str, Any]
     target: str | None  # the argument naming the object a call acts on (credentials bind to it)
+    risk_tier: str  # low | medium | high | critical
+    risk_amount: str | None  # the argument holding a money amount, for the risk score
+    risk_volume: str | None  # the argument holding a data volume (rows), for the risk score
     _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
     _validator: jsonschema.protocols.Validator = field(repr=False)
 
@@ -128,12 +131,17 @@ def tool(
     timeout_s: float | None = 10.0,
     side_effect: bool = True,
     target: str | None = None,
+    risk_tier: str = "medium",
+    risk_amount: str | None = None,
+    risk_volume: str | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs)."""
     if not _NAME.match(name):
         raise ToolError(f"tool name {name!r} must look like 'family.action' (lowercase, dot-separated)")
     if timeout_s is not None and timeout_s <= 0:
         raise ToolError(f"tool {name}: timeout_s must be positive")
+    if risk_tier not in ("low", "medium", "high", "critical"):
+        raise ToolError(f"tool {name}: risk_tier must be low, medium, high or critical")
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         params = list(inspect.signature(fn).parameters)
@@ -143,8 +151,9 @@ def tool(
         if not (isinstance(args_model, type) and issubclass(args_model, BaseModel)):
             raise ToolError(f"tool {name}: the 'args' parameter must be annotated with a pydantic model")
         schema = args_model.model_json_schema()
-        if target is not None and target not in schema.get("properties", {}):
-            raise ToolError(f"tool {name}: target {target!r} is not one of its arguments")
+        for what, arg in (("target", target), ("risk_amount", risk_amount), ("risk_volume", risk_volume)):
+            if arg is not None and arg not in schema.get("properties", {}):
+                raise ToolError(f"tool {name}: {what} {arg!r} is not one of its arguments")
         open_at = _closed_objects(schema)
         if open_at:
             raise ToolError(f"tool {name}: {open_at} accepts unknown fields; derive it from tether.Args")
@@ -159,6 +168,9 @@ def tool(
             side_effect=side_effect,
             schema=schema,
             target=target,
+            risk_tier=risk_tier,
+            risk_amount=risk_amount,
+            risk_volume=risk_volume,
             _fn=fn,
             _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
         )
