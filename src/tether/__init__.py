@@ -17,6 +17,8 @@ from tether.errors import (
     WorkflowError,
 )
 from tether.guardrails.approvals import ApprovalInbox, ApprovalRequest
+from tether.guardrails.cedar import CedarPolicy
+from tether.guardrails.loading import PolicyStack, load_policy
 from tether.guardrails.policy import Decision, PolicySet
 from tether.models.base import Choice, DecisionRequest, Model, Usage
 from tether.models.offline import TextClassifier
@@ -33,7 +35,7 @@ from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Args, Grant, Tool, ToolContext, tool
 
 __all__ = [
-    "ApprovalError", "ApprovalInbox", "ApprovalRequest", "Args", "Choice", "Database", "Decision",
+    "ApprovalError", "ApprovalInbox", "CedarPolicy", "PolicyStack", "load_policy", "ApprovalRequest", "Args", "Choice", "Database", "Decision",
     "DecisionRequest", "End", "Grant", "InvalidArguments", "Ledger", "LedgerEntry", "LedgerError", "Model",
     "Next", "NonDeterminismError", "PII", "Redactor", "SECRET", "PolicyError", "PolicySet", "RunContext", "RunNotFound", "RunResult",
     "Runtime", "StoreError", "TetherError", "TextClassifier", "Tool", "ToolCall", "ToolContext", "ToolError",

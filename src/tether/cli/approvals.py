@@ -6,7 +6,7 @@ import click
 
 from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db
 from tether.cli.runs import result_line
-from tether.guardrails.approvals import ApprovalInbox
+from tether.guardrails.approvals import ApprovalInbox, add_approver, list_approvers
 from tether.orchestration.runtime import Runtime
 from tether.orchestration.workflow import load
 from tether.record import runs as store
@@ -41,6 +41,13 @@ def _decide(approval_id: str, approve: bool, user: str, reason: str | None, db_u
     with db.read() as conn:
         wf = load(store.get_run(conn, pending.run_id).workflow_ref)  # fails before anything is decided
     req = inbox.decide(approval_id, approve=approve, by=user, reason=reason)
+    if req.status == "pending":  # more approvers needed: the run keeps waiting
+        if as_json:
+            echo_json({"approval": req.to_json(), "run": None})
+        else:
+            click.echo(f"{req.id} vote recorded: {req.votes} of {req.required} approvals"
+                       + (f" (role {req.role})" if req.role else ""))  # fmt: skip
+        return
     runtime = Runtime(db)
     try:
         result = runtime.resume(req.run_id, wf)
@@ -79,3 +86,63 @@ def approve(approval_id: str, user: str, reason: str | None, db_url: str | None,
 def deny(approval_id: str, user: str, reason: str | None, db_url: str | None, as_json: bool) -> None:
     """Deny a waiting call; its run goes on without it."""
     _decide(approval_id, False, user, reason, db_url, as_json)
+
+
+@approvals.command()
+@db_option
+@json_option
+@one_line_errors
+def expire(db_url: str | None, as_json: bool) -> None:
+    """Apply expiry to requests past their time (for a scheduler); resume the runs they end."""
+    db = open_db(db_url)
+    changed = ApprovalInbox(db).expire()
+    out = []
+    runtime = Runtime(db)
+    try:
+        for req in changed:
+            run = None
+            if req.status == "expired":
+                with db.read() as conn:
+                    run = runtime.resume(req.run_id, load(store.get_run(conn, req.run_id).workflow_ref)).__dict__
+            out.append({"approval": req.id, "status": req.status, "role": req.role, "run": run})
+    finally:
+        runtime.close()
+    if as_json:
+        echo_json(out)
+        return
+    for o in out:
+        what = f"escalated to role {o['role']}" if o["status"] == "pending" else "expired"
+        click.echo(f"{o['approval']} {what}" + (f"; {o['run']['run_id']} {o['run']['status']}" if o["run"] else ""))
+    if not out:
+        click.echo("nothing expired")
+
+
+@click.group(invoke_without_command=True)
+@db_option
+@json_option
+@click.pass_context
+@one_line_errors
+def approvers(ctx: click.Context, db_url: str | None, as_json: bool) -> None:
+    """Who may approve which tools, by role."""
+    if ctx.invoked_subcommand:
+        return
+    rows = list_approvers(open_db(db_url))
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<20} {r['role']:<24} {r['tools']}")
+    if not rows:
+        click.echo("no approvers with roles (rules without a role accept anyone but the run's starter and proposer)")
+
+
+@approvers.command(name="add")
+@click.argument("name")
+@click.option("--role", required=True, help="The role, as rules name it (then: {role: ...}).")
+@click.option("--tools", required=True, help="The tool family the role covers, a glob like 'payments.*'.")
+@db_option
+@one_line_errors
+def add(name: str, role: str, tools: str, db_url: str | None) -> None:
+    """Give NAME an approver role for a tool family."""
+    add_approver(open_db(db_url, create=True), name, role, tools)
+    click.echo(f"{name} holds {role} for {tools}")

@@ -47,11 +47,11 @@ def eval_(golden: str, concurrency: int, gate: bool, thresholds: str | None, bas
     from tether.evals.metrics import aggregate, apply_gates, compare, load_gates
     from tether.evals.report import html_report, terminal
     from tether.evals.runner import run_cases
-    from tether.guardrails.policy import PolicySet
+    from tether.guardrails.loading import load_policy
 
     cases = load_cases(golden)[:limit]
     gates = load_gates(thresholds)  # a bad thresholds file fails before any case runs
-    policy = PolicySet.load(policy_file) if policy_file else None
+    policy = load_policy(policy_file) if policy_file else None
     check_cases(cases, workflow_ref)  # unknown workflows and tools fail before any case runs
 
     def progress(done: int, total: int) -> None:

@@ -6,7 +6,7 @@ import click
 
 from tether.cli._common import echo_json, json_option, one_line_errors, parse_json_object
 from tether.errors import PolicyError
-from tether.guardrails.policy import PolicySet
+from tether.guardrails.loading import load_policy
 from tether.orchestration.workflow import load
 from tether.tools.calls import ToolCall
 from tether.tools.proxy import ToolProxy
@@ -28,7 +28,7 @@ _workflow = click.option("--workflow", "workflow_ref", default=None,
 @one_line_errors
 def check(file: str, workflow_ref: str | None, strict: bool) -> None:
     """Load and lint FILE; exit non-zero on the first problem."""
-    p = PolicySet.load(file)
+    p = load_policy(file)
     if workflow_ref:
         errors, warnings = p.lint({t.name: t.schema for t in load(workflow_ref).tools})
         if errors or (warnings and strict):
@@ -47,7 +47,7 @@ def check(file: str, workflow_ref: str | None, strict: bool) -> None:
 @one_line_errors
 def explain(file: str, tool_name: str, args_json: str, workflow_ref: str | None, as_json: bool) -> None:
     """Print the decision FILE makes for one proposed call."""
-    p = PolicySet.load(file)
+    p = load_policy(file)
     args = parse_json_object(args_json, "--args")
     if workflow_ref:
         # The proxy would refuse these before the gate; say so instead of deciding.

@@ -7,7 +7,7 @@ import sys
 import click
 
 from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db
-from tether.guardrails.policy import PolicySet
+from tether.guardrails.loading import load_policy
 from tether.orchestration.replay import Action, replay as replay_run
 from tether.orchestration.workflow import load
 
@@ -32,7 +32,7 @@ def replay(run_id: str, policy_file: str | None, workflow_ref: str | None, case_
            db_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Re-execute RUN against its recording and diff its actions (exit 3 when they differ)."""
     db = open_db(db_url)
-    policy = PolicySet.load(policy_file) if policy_file else None
+    policy = load_policy(policy_file) if policy_file else None
     wf = load(workflow_ref) if workflow_ref else None
     report = replay_run(db, run_id, workflow=wf, policy=policy)
     if case_file:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db, parse_json_object
-from tether.guardrails.policy import PolicySet
+from tether.guardrails.loading import load_policy
 from tether.errors import TetherError
 from tether.orchestration.runtime import FAILED_STATUSES, FINAL_STATUSES, Runtime, default_user
 from tether.orchestration.workflow import load
@@ -38,7 +38,7 @@ def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, polic
     wf = load(workflow_ref)
     data = parse_json_object(input_json, "--input")
     wf.parse_input(data)  # bad input fails before the database is touched
-    policy = PolicySet.load(policy_file) if policy_file else None
+    policy = load_policy(policy_file) if policy_file else None
     runtime = Runtime(open_db(db_url, create=True), policy=policy)
     try:
         r = runtime.start(wf, data, started_by=user or default_user(), tenant=tenant)

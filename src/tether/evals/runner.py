@@ -19,7 +19,7 @@ from typing import Any
 from tether.evals.golden import Case
 from tether.evals.scoring import CaseResult, executed, score
 from tether.guardrails.approvals import ApprovalInbox
-from tether.guardrails.policy import PolicySet
+from tether.guardrails.loading import Policy, policy_from_text
 from tether.orchestration.replay import actions
 from tether.orchestration.runtime import Runtime
 from tether.orchestration.workflow import Workflow, load
@@ -40,7 +40,7 @@ def _template(wf: Workflow[Any, Any], folder: Path) -> Path:
     return path
 
 
-def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, policy: PolicySet | None) -> CaseResult:
+def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, policy: Policy | None) -> CaseResult:
     path = folder / f"case-{abs(hash(case.id))}-{time.perf_counter_ns()}.db"
     shutil.copyfile(template, path)
     db = Database(f"sqlite:///{path}")
@@ -82,7 +82,7 @@ def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, p
 
 def _worker(payload: tuple[dict[str, Any], str, str | None, str | None, str, str]) -> dict[str, Any]:
     case_json, ref, policy_text, policy_source, template, folder = payload
-    policy = PolicySet.from_text(policy_text, policy_source or "<policy>") if policy_text is not None else None
+    policy = policy_from_text(policy_text, policy_source or "<policy>") if policy_text is not None else None
     return asdict(run_case(Case.model_validate(case_json), load(ref), Path(template), Path(folder), policy))
 
 
@@ -90,7 +90,7 @@ def run_cases(
     cases: list[Case],
     *,
     concurrency: int = 1,
-    policy: PolicySet | None = None,
+    policy: Policy | None = None,
     workflow: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[CaseResult]:

@@ -31,7 +31,7 @@ Action = Literal["allow", "require_human_approval", "deny"]
 ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
 STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
-_FILE_KEYS = {"policies", "default", "description", "version"}
+_FILE_KEYS = {"policies", "default", "description", "version", "include"}
 _RULE_KEYS = {"name", "if", "then", "description"}
 _THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -208,6 +208,9 @@ def _parse(data: Any, source: str) -> tuple[list[Rule], Action]:
     for key in data:
         if key not in _FILE_KEYS:
             raise _err(source, data.key_lines[key], None, f"unknown key {key!r} (expected {sorted(_FILE_KEYS)})")
+    includes = data.get("include", [])
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise _err(source, data.key_lines.get("include", 0), None, "'include' must be a list of policy file paths")
     default = _action(data.get("default", "allow"), source, data.key_lines.get("default", 0), None)
     items = data.get("policies", [])
     if not isinstance(items, list):
@@ -298,3 +301,8 @@ def _strictest_tier(tiers: list[ApprovalTier]) -> ApprovalTier:
         on_expiry=soonest.on_expiry if soonest else "deny",
         escalate_to=soonest.escalate_to if soonest else None,
     )
+
+
+def includes_of(text: str, source: str) -> list[str]:
+    data = _yaml.load(text, source)
+    return list(data.get("include", [])) if isinstance(data, dict) else []

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from tether.errors import NonDeterminismError
 from tether.guardrails import approvals
-from tether.guardrails.policy import Decision, PolicySet
+from tether.guardrails.policy import Decision
 from tether.models.base import Choice, DecisionRequest, Model
 from tether.orchestration._journal import Journal
 from tether.orchestration.workflow import DepsT, InputT
@@ -56,7 +56,7 @@ class RunContext(Generic[InputT, DepsT]):
         started_by: str,
         journal: Journal,
         proxy: ToolProxy,
-        policy: PolicySet,
+        policy: Any,  # tether.guardrails.loading.Policy
         deps: DepsT,
         model: Callable[[], Model],
         approval_source: Callable[[ToolCall, Decision], Approval | None] | None = None,
@@ -306,8 +306,9 @@ class RunContext(Generic[InputT, DepsT]):
         if req is None or req.status == "pending":
             raise Suspend(req.id if req else "")
         approved = req.status == "approved"
-        self._journal.approval_applied(call, req.id, approved, req.decided_by)
-        approval = Approval(req.id, approved, req.decided_by or "", req.reason, Decision.model_validate(decision_ev.data))
+        by = req.decided_by or ("expiry" if req.status == "expired" else "")
+        self._journal.approval_applied(call, req.id, approved, by)
+        approval = Approval(req.id, approved, by, req.reason, Decision.model_validate(decision_ev.data))
         with self._tool_span(call) as span:
             result = self._proxy.call(
                 call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info(), approval=approval

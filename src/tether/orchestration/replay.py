@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tether.errors import RunNotFound, TetherError
-from tether.guardrails.policy import Decision, PolicySet
+from tether.guardrails.loading import Policy, policy_from_text
+from tether.guardrails.policy import Decision
 from tether.models.base import Choice, DecisionRequest
 from tether.orchestration._journal import MemoryJournal
 from tether.orchestration.context import EndRun, RunContext, Suspend
@@ -170,7 +171,7 @@ class _RecordedModel:
 
 
 def replay(
-    db: Database, run_id: str, *, workflow: Workflow[Any, Any] | None = None, policy: PolicySet | None = None
+    db: Database, run_id: str, *, workflow: Workflow[Any, Any] | None = None, policy: Policy | None = None
 ) -> ReplayReport:
     with db.read() as conn:
         row = store.get_run(conn, run_id)
@@ -186,7 +187,7 @@ def replay(
         raise RunNotFound(f"run {run_id} is still running; replay a run that has paused or ended")
     wf = workflow or load(row.workflow_ref)
     wf.check()
-    pol = policy or PolicySet.from_text(text, source)
+    pol = policy or policy_from_text(text, source)
     recording = _Recording(run_id, events)
     journal = MemoryJournal(db, run_id, [])
     proxy = ToolProxy(wf.tools, executor=recording.execute)

@@ -22,7 +22,7 @@ from opentelemetry.trace import StatusCode
 
 from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
 from tether.guardrails.approvals import principal
-from tether.guardrails.policy import PolicySet
+from tether.guardrails.loading import Policy, policy_from_text
 from tether.models.base import Model
 from tether.orchestration._journal import Journal
 from tether.orchestration.context import EndRun, RunContext, Suspend
@@ -74,7 +74,7 @@ class Runtime:
     """
 
     db: Database
-    policy: PolicySet | None = None
+    policy: Policy | None = None
     model: Callable[[], Model] | None = None
     _deps: dict[str, Any] = field(default_factory=dict)
     _models: dict[str, Model] = field(default_factory=dict)
@@ -101,7 +101,9 @@ class Runtime:
         run_id = run_id or "run_" + secrets.token_hex(8)
         plain_input = parsed.model_dump(mode="json")
         with self.db.transaction() as conn:
-            store.store_policy(conn, policy.hash, policy.source, policy.text)
+            loaded = store.store_policy(conn, policy.hash, policy.source, policy.text)
+            if loaded:  # a new policy version is an audited event
+                ledger.append(conn, "policy_loaded", loaded)
             store.insert_run(
                 conn, id=run_id, workflow=workflow.name, workflow_ref=workflow.ref,
                 workflow_version=workflow.version, status=RUNNING, input=plain_input,
@@ -133,7 +135,7 @@ class Runtime:
             return _result_from_row(row)
         # Everything that can fail happens before the run is claimed, so a failure
         # here leaves it waiting (and its decided approval usable) instead of stuck.
-        policy = PolicySet.from_text(text, source)
+        policy = policy_from_text(text, source)
         parsed = workflow.parse_input(row.input)
         self._deps_for(workflow)
         with self.db.transaction() as conn:
@@ -163,7 +165,7 @@ class Runtime:
         workflow: Workflow[Any, Any],
         run_id: str,
         parsed: Any,
-        policy: PolicySet,
+        policy: Policy,
         tenant: str,
         started_by: str,
         recorded: list[store.Event],
@@ -239,7 +241,7 @@ class Runtime:
             self.tracing = Tracing()
         return self.tracing
 
-    def _lint(self, workflow: Workflow[Any, Any], policy: PolicySet) -> None:
+    def _lint(self, workflow: Workflow[Any, Any], policy: Policy) -> None:
         """Refuse a policy with rules that would silently never be checked for this workflow."""
         key = (workflow.version, policy.hash)
         if key not in self._linted:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 from pydantic import BaseModel
 
 from tether.errors import WorkflowError
-from tether.guardrails.policy import PolicySet
 from tether.models.base import Model
 from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Tool
@@ -85,7 +84,7 @@ class Workflow(Generic[InputT, DepsT]):
         *,
         input: type[InputT],
         tools: ToolRegistry | Iterable[Tool],
-        policy: str | Path | PolicySet | None = None,
+        policy: str | Path | Any = None,  # a policy file, or a loaded policy (PolicySet, CedarPolicy, PolicyStack)
         deps: Callable[[Database], DepsT] | None = None,
         model: Callable[[], Model] | None = None,
         max_steps: int = 12,
@@ -110,7 +109,7 @@ class Workflow(Generic[InputT, DepsT]):
         self.states: dict[str, State] = {}
         self.initial: str | None = None
         self._version: str | None = None
-        self._policy_cache: tuple[tuple[int, int] | None, PolicySet] | None = None
+        self._policy_cache: tuple[tuple[int, int] | None, Any] | None = None
 
     def state(
         self, name: str | None = None, *, initial: bool = False, goes_to: Iterable[str] = ()
@@ -138,9 +137,9 @@ class Workflow(Generic[InputT, DepsT]):
                 if target not in self.states:
                     raise WorkflowError(f"workflow {self.name}: state {s.name!r} goes to unknown state {target!r}")
 
-    def policy(self) -> PolicySet:
+    def policy(self) -> Any:
         """The workflow's policy; a file is re-read only when it changes on disk."""
-        if isinstance(self._policy, PolicySet):
+        if not isinstance(self._policy, (str, Path)) and self._policy is not None:
             return self._policy
         if self._policy is None:
             raise WorkflowError(f"workflow {self.name} has no default policy; pass one to the runtime")
@@ -150,7 +149,9 @@ class Workflow(Generic[InputT, DepsT]):
         except OSError:
             stamp = None  # let load() report the problem
         if stamp is None or self._policy_cache is None or self._policy_cache[0] != stamp:
-            self._policy_cache = (stamp, PolicySet.load(self._policy))
+            from tether.guardrails.loading import load_policy
+
+            self._policy_cache = (stamp, load_policy(self._policy))
         return self._policy_cache[1]
 
     @property

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
 
 import sqlalchemy as sa
 
@@ -24,10 +26,22 @@ class Event:
     created_at: str = ""
 
 
-def store_policy(conn: sa.Connection, policy_hash: str, source: str, content: str) -> None:
+def store_policy(conn: sa.Connection, policy_hash: str, source: str, content: str) -> dict[str, Any] | None:
+    """Keep a policy version; for a version not seen before, the body of its `policy_loaded`
+    ledger entry: its hash and the diff from the last version loaded from the same source."""
     exists = conn.execute(sa.select(policies.c.hash).where(policies.c.hash == policy_hash)).first()
-    if not exists:
-        conn.execute(policies.insert().values(hash=policy_hash, source=source, content=content, created_at=timestamp()))
+    if exists:
+        return None
+    previous = conn.execute(
+        sa.select(policies.c.hash, policies.c.content).where(policies.c.source == source)
+        .order_by(policies.c.created_at.desc()).limit(1)
+    ).first()  # fmt: skip
+    conn.execute(policies.insert().values(hash=policy_hash, source=source, content=content, created_at=timestamp()))
+    diff = "".join(difflib.unified_diff(previous.content.splitlines(keepends=True) if previous else [],
+                                        content.splitlines(keepends=True), f"{source}@{previous.hash[:12]}" if previous else "/dev/null",
+                                        f"{source}@{policy_hash[:12]}"))  # fmt: skip
+    return {"policy_hash": policy_hash, "source": source, "previous_hash": previous.hash if previous else None,
+            "diff": diff[:20000]}
 
 
 def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:

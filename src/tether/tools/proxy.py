@@ -21,7 +21,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from tether.errors import InvalidArguments, UnknownTool
-from tether.guardrails.policy import Decision, PolicySet
+from tether.guardrails.policy import Decision
 from tether.guardrails.risk import features_for, score
 from tether.tools.calls import CallStatus, ToolCall, ToolResult
 from tether.tools.registry import ToolRegistry
@@ -106,7 +106,7 @@ class ToolProxy:
         self,
         call: ToolCall,
         *,
-        policy: PolicySet,
+        policy: Any,  # tether.guardrails.loading.Policy
         recorder: CallRecorder,
         deps: Any,
         run: RunInfo,
