@@ -45,6 +45,10 @@ class PolicyStack:
         return tuple(r for p in self.parts for r in p.rules)
 
     @property
+    def limits(self) -> tuple[Any, ...]:
+        return tuple(lim for p in self.parts for lim in getattr(p, "limits", ()))
+
+    @property
     def default(self) -> str:
         return " / ".join(f"{Path(p.source).name}: {p.default}" for p in self.parts)
 

@@ -26,12 +26,13 @@ from pydantic import BaseModel
 from tether.errors import PolicyError
 from tether.guardrails import _yaml
 from tether.guardrails._conditions import Condition, ConditionSyntaxError, ConditionTypeError
+from tether.guardrails.limits import Limit, parse_limits
 
 Action = Literal["allow", "require_human_approval", "deny"]
 ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
 STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
-_FILE_KEYS = {"policies", "default", "description", "version", "include"}
+_FILE_KEYS = {"policies", "default", "description", "version", "include", "limits"}
 _RULE_KEYS = {"name", "if", "then", "description"}
 _THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -98,13 +99,15 @@ class PolicySet:
     hash: str
     source: str
     text: str
+    limits: tuple[Limit, ...] = ()
 
     @classmethod
     def from_text(cls, text: str, source: str = "<policy>") -> PolicySet:
         digest = hashlib.sha256(text.encode()).hexdigest()
         data = _yaml.load(text, source)
         rules, default = _parse(data, source)
-        return cls(tuple(rules), default, digest, source, text)
+        limits = parse_limits(data.get("limits"), source, data.key_lines.get("limits", 0))
+        return cls(tuple(rules), default, digest, source, text, limits)
 
     @classmethod
     def load(cls, path: str | Path) -> PolicySet:

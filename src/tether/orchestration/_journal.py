@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from tether.record.canonical import digest
 from tether.record.db import Database, timestamp
 from tether.record.tables import prompts
 from tether.tools.calls import ToolCall, ToolResult
+from tether.tools.secrets import scrub
 
 
 @dataclass
@@ -75,11 +77,14 @@ class Journal:
                 extra(conn)
 
     def _write(self, conn: Any, **run_values: Any) -> None:
-        store.append_events(conn, self.run_id, self._events)
-        ledger.append_many(conn, self._ledger, run_id=self.run_id)
+        # No secret a tool was handed is written anywhere, in any store.
+        events = [dataclasses.replace(e, data=scrub(e.data)) for e in self._events]
+        store.append_events(conn, self.run_id, events)
+        ledger.append_many(conn, [(k, scrub(b)) for k, b in self._ledger], run_id=self.run_id)
         if self._prompts:
-            conn.execute(prompts.insert(), self._prompts)
-        store.update_run(conn, self.run_id, steps=self.step, state=self.state, **self._run_values, **run_values)
+            conn.execute(prompts.insert(), scrub(self._prompts))
+        store.update_run(conn, self.run_id, steps=self.step, state=self.state,
+                         **scrub({**self._run_values, **run_values}))  # fmt: skip
         self._events, self._ledger, self._prompts, self._run_values = [], [], [], {}
 
     # -- the tool proxy's recorder ------------------------------------------

@@ -34,6 +34,7 @@ from tether.record.db import Database
 from tether.record.tables import run_events
 from tether.record.tables import runs as runs_table
 from tether.record.tracing import RUN_ID, Tracing, ids, parent_context
+from tether.tools.secrets import scrub
 from tether.tools.proxy import ToolProxy
 
 # Statuses a run can have. The first three are not final.
@@ -81,6 +82,7 @@ class Runtime:
     _proxies: dict[str, ToolProxy] = field(default_factory=dict)
     _linted: set[tuple[str, str]] = field(default_factory=set)
     tracing: Tracing | None = None
+    secrets: Any = None  # a tether.tools.secrets.SecretStore for the tools (default: the environment)
     _known: set[tuple[str, str]] = field(default_factory=set)
 
     # -- public -----------------------------------------------------------------
@@ -208,6 +210,7 @@ class Runtime:
             raise
         root.set_attribute("tether.run.status", status)
         if error:
+            error = scrub(error)
             root.set_status(StatusCode.ERROR, self.db.redactor.text(error)[:500])
         root.end()
         if status != WAITING:
@@ -255,7 +258,7 @@ class Runtime:
         if workflow.name not in self._proxies:
             from tether.tools.credentials import Credentials
 
-            self._proxies[workflow.name] = ToolProxy(workflow.tools, credentials=Credentials(self.db))
+            self._proxies[workflow.name] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets)
         return self._proxies[workflow.name]
 
     def _deps_for(self, workflow: Workflow[Any, Any]) -> Any:

@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from tether.record.tables import spans as spans_table
+from tether.tools.secrets import scrub
 
 RUN_ID = "tether.run.id"
 
@@ -139,7 +140,7 @@ def _row(s: ReadableSpan, run_id: str) -> dict[str, Any]:
         "span_id": f"{c.span_id:016x}", "trace_id": f"{c.trace_id:032x}",
         "parent_span_id": f"{s.parent.span_id:016x}" if s.parent else None, "run_id": run_id,
         "name": s.name, "kind": s.kind.name, "start_ns": s.start_time or 0, "end_ns": s.end_time or 0,
-        "status": s.status.status_code.name, "attributes": _plain(s.attributes or {}),
+        "status": s.status.status_code.name, "attributes": scrub(_plain(s.attributes or {})),
     }  # fmt: skip
 
 

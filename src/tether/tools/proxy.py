@@ -22,9 +22,11 @@ from pydantic import BaseModel, ValidationError
 
 from tether.errors import InvalidArguments, UnknownTool
 from tether.guardrails.policy import Decision
+from tether.guardrails.limits import RateLimiter, result_too_big
 from tether.guardrails.risk import features_for, score
 from tether.tools.calls import CallStatus, ToolCall, ToolResult
 from tether.tools.registry import ToolRegistry
+from tether.tools.secrets import EnvSecrets, scrub
 from tether.tools.tool import Grant, Tool, ToolContext
 
 
@@ -82,10 +84,13 @@ class ToolProxy:
     """
 
     def __init__(
-        self, registry: ToolRegistry, *, max_workers: int = 8, executor: Executor | None = None, credentials: Any = None
+        self, registry: ToolRegistry, *, max_workers: int = 8, executor: Executor | None = None, credentials: Any = None,
+        secrets: Any = None,
     ) -> None:
         self.registry = registry
         self.credentials = credentials  # mints a transaction-scoped token for every authorised call
+        self._limiter = RateLimiter()
+        self.secrets = secrets if secrets is not None else EnvSecrets()
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tether-tool")
         self._executor: Executor = executor or self._execute
 
@@ -146,6 +151,11 @@ class ToolProxy:
                     recorder, call, status="rejected", error=why, decision=decision, approval_id=approval.id
                 )
 
+        limits = getattr(policy, "limits", ())
+        broken = self._limiter.take(limits, t.name, run.tenant, run.run_id) if limits else None
+        if broken:
+            return self._finish(recorder, call, status="denied", error=f"rate limit {broken} reached; try later",
+                                decision=decision, approval_id=approval.id if approval else None)  # fmt: skip
         token = None
         if self.credentials is not None:
             target = "" if t.target is None else str(clean.get(t.target))
@@ -159,8 +169,11 @@ class ToolProxy:
             credential=token,
         )
         ctx = ToolContext(deps=deps, run_id=run.run_id, step=run.step, call_id=call.call_id, tenant=run.tenant,
-                          grant=grant, verifier=self.credentials)  # fmt: skip
+                          grant=grant, verifier=self.credentials, secrets=self.secrets)  # fmt: skip
         status, output, error, ms = self._executor(t, ctx, args)
+        too_big = result_too_big(limits, t.name, output) if limits and status == "ok" else None
+        if too_big:  # the result is withheld: nothing over the limit reaches the run or the records
+            status, output, error = "denied", None, too_big
         return self._finish(
             recorder,
             call,
@@ -186,7 +199,7 @@ class ToolProxy:
             return "timeout", None, f"{t.name} did not finish within {t.timeout_s:g}s", ms
         except Exception as e:  # noqa: BLE001 - a tool's failure is a result, not a crash
             ms = (time.perf_counter() - start) * 1000
-            return "error", None, f"{type(e).__name__}: {e}", ms
+            return "error", None, scrub(f"{type(e).__name__}: {e}"), ms
         ms = (time.perf_counter() - start) * 1000
         try:
             return "ok", _plain(out), None, ms

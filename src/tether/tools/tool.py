@@ -62,6 +62,7 @@ class ToolContext(Generic[DepsT]):
     tenant: str
     grant: Grant
     verifier: Any = None  # tether.tools.credentials.Credentials, or None when the proxy mints none
+    secrets: Any = None  # tether.tools.secrets.SecretStore: the only way a tool gets upstream credentials
 
     def check_credential(self, target: object = "") -> dict[str, Any]:
         """Refuse unless this call's credential is valid, unused, and for this tool and `target`.

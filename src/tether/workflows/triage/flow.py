@@ -159,7 +159,7 @@ def act(run: Run) -> Next:
 def reply(run: Run) -> Next:
     template, solve, outcome = run.data["reply"]
     ticket_id = run.data["ticket"]["ticket_id"]
-    result = run.call("helpdesk.reply", {"ticket_id": ticket_id, "template": template, "solve": solve})
+    result = run.call("helpdesk.reply", {"ticket_id": ticket_id, "template": template, "solve": solve}, risk=_risk(run))
     if not result.ok:
         return End("failed", "reply_failed", result.error)
     return End("completed", outcome)
@@ -181,20 +181,26 @@ def _answer(run: Run, route: Route, ticket_id: str) -> tuple[str, bool, str]:
     return QUEUE_TEMPLATE[route.queue], True, f"answered:{route.queue}"
 
 
+def _risk(run: Run) -> dict[str, Any]:
+    """Risk features the flow knows: the customer's tier and how sure the classifier was."""
+    return {"customer_tier": run.data["customer"]["tier"], "confidence": run.data["choice"]["confidence"]}
+
+
 def _refund(run: Run, route: Route, ticket_id: str) -> tuple[str, bool, str]:
     target = refund_target(route, run.data["customer"]["transactions"])
     if target is None:
         raise _Escalate("nothing_to_refund", f"no refundable {route.refund} transaction for {route.intent}")
     tx_id, amount = target
     args = {"transaction_id": tx_id, "amount_usd": amount, "ticket_id": ticket_id, "reason": route.intent}
-    _must(run.call("payments.refund", args))
+    _must(run.call("payments.refund", args, risk=_risk(run)))
     return "refund_issued", True, "refund_issued"
 
 
 def _freeze(run: Run, route: Route, ticket_id: str) -> tuple[str, bool, str]:
     active = [c for c in run.data["customer"]["cards"] if c["status"] == "active"]
     for card in active:
-        _must(run.call("cards.freeze", {"card_id": card["card_id"], "ticket_id": ticket_id, "reason": route.intent}))
+        _must(run.call("cards.freeze", {"card_id": card["card_id"], "ticket_id": ticket_id, "reason": route.intent},
+                       risk=_risk(run)))  # fmt: skip
     text = f"{route.intent} on ticket {ticket_id}: froze {len(active)} card(s)"
     _must(run.call("chat.post", {"channel": "#fraud-alerts", "text": text}))
     return ("card_frozen" if active else "fraud_help"), True, "card_frozen"
@@ -210,7 +216,8 @@ def _incident(run: Run, route: Route, ticket_id: str) -> tuple[str, bool, str]:
 
 
 def _close(run: Run, route: Route, ticket_id: str) -> tuple[str, bool, str]:
-    _must(run.call("crm.delete_customer", {"customer_id": run.data["customer"]["customer_id"], "ticket_id": ticket_id}))
+    _must(run.call("crm.delete_customer", {"customer_id": run.data["customer"]["customer_id"], "ticket_id": ticket_id},
+                   risk=_risk(run)))  # fmt: skip
     return "account_help", True, "account_closed"
 
 

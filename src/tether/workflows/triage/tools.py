@@ -118,37 +118,37 @@ class DeleteCustomerArgs(Args):
     ticket_id: TicketId
 
 
-@tool("helpdesk.open_ticket")
+@tool("helpdesk.open_ticket", risk_tier="low")
 def open_ticket(ctx: Ctx, args: OpenTicketArgs) -> dict[str, Any]:
     """Create a ticket in the helpdesk for an inbound customer message."""
     return ctx.deps.open_ticket(ctx.idempotency_key, args.ticket_id, args.customer_id, args.text)
 
 
-@tool("helpdesk.get_ticket", side_effect=False)
+@tool("helpdesk.get_ticket", side_effect=False, risk_tier="low")
 def get_ticket(ctx: Ctx, args: TicketArgs) -> dict[str, Any]:
     """Read a ticket: the customer's message, status, queue and tags."""
     return ctx.deps.get_ticket(args.ticket_id)
 
 
-@tool("crm.lookup_customer", side_effect=False)
+@tool("crm.lookup_customer", side_effect=False, risk_tier="low")
 def lookup_customer(ctx: Ctx, args: CustomerArgs) -> dict[str, Any]:
     """Read a customer's profile, cards and recent transactions."""
     return ctx.deps.lookup_customer(args.customer_id)
 
 
-@tool("helpdesk.tag")
+@tool("helpdesk.tag", risk_tier="low")
 def tag(ctx: Ctx, args: TagArgs) -> dict[str, Any]:
     """Add tags to a ticket."""
     return ctx.deps.tag(ctx.idempotency_key, args.ticket_id, args.tags)
 
 
-@tool("helpdesk.route")
+@tool("helpdesk.route", risk_tier="low")
 def route(ctx: Ctx, args: RouteArgs) -> dict[str, Any]:
     """Put a ticket in a queue with a priority."""
     return ctx.deps.route(ctx.idempotency_key, args.ticket_id, args.queue, args.priority)
 
 
-@tool("helpdesk.reply")
+@tool("helpdesk.reply", risk_tier="medium")
 def reply(ctx: Ctx, args: ReplyArgs) -> dict[str, Any]:
     """Reply to the customer from a template and, by default, solve the ticket."""
     ticket = ctx.deps.get_ticket(args.ticket_id)
@@ -157,25 +157,25 @@ def reply(ctx: Ctx, args: ReplyArgs) -> dict[str, Any]:
     return ctx.deps.reply(ctx.idempotency_key, args.ticket_id, args.template, body, args.solve)
 
 
-@tool("helpdesk.escalate")
+@tool("helpdesk.escalate", risk_tier="low")
 def escalate(ctx: Ctx, args: EscalateArgs) -> dict[str, Any]:
     """Hand a ticket to a human agent, with an internal note saying why."""
     return ctx.deps.escalate(ctx.idempotency_key, args.ticket_id, args.reason)
 
 
-@tool("tracker.open_issue")
+@tool("tracker.open_issue", risk_tier="medium")
 def open_issue(ctx: Ctx, args: IssueArgs) -> dict[str, Any]:
     """Open an engineering issue linked to a ticket."""
     return ctx.deps.open_issue(ctx.idempotency_key, args.title, args.body, args.labels, args.ticket_id)
 
 
-@tool("chat.post")
+@tool("chat.post", risk_tier="medium")
 def post(ctx: Ctx, args: PostArgs) -> dict[str, Any]:
     """Post a message to a team chat channel."""
     return ctx.deps.post(ctx.idempotency_key, args.channel, args.text)
 
 
-@tool("payments.refund", target="transaction_id")
+@tool("payments.refund", target="transaction_id", risk_tier="high", risk_amount="amount_usd")
 def refund(ctx: Ctx, args: RefundArgs) -> dict[str, Any]:
     """Refund (part of) a transaction to the customer's account."""
     ctx.check_credential(args.transaction_id)
@@ -183,14 +183,14 @@ def refund(ctx: Ctx, args: RefundArgs) -> dict[str, Any]:
     return ctx.deps.refund(ctx.idempotency_key, args.transaction_id, cents, args.ticket_id, args.reason)
 
 
-@tool("cards.freeze", target="card_id")
+@tool("cards.freeze", target="card_id", risk_tier="high")
 def freeze(ctx: Ctx, args: FreezeArgs) -> dict[str, Any]:
     """Freeze a card so no new payment can be made with it."""
     ctx.check_credential(args.card_id)
     return ctx.deps.freeze_card(ctx.idempotency_key, args.card_id, args.reason)
 
 
-@tool("crm.delete_customer", target="customer_id")
+@tool("crm.delete_customer", target="customer_id", risk_tier="critical")
 def delete_customer(ctx: Ctx, args: DeleteCustomerArgs) -> dict[str, Any]:
     """Close and delete a customer's account."""
     ctx.check_credential(args.customer_id)

@@ -1,0 +1,116 @@
+"""Rate and volume limits, declared in a policy file under `limits:`.
+
+    limits:
+      - name: refunds_per_tenant
+        tool: "payments.*"
+        per: tenant            # tool | tenant | run
+        rate: 10/minute        # N/second, N/minute or N/hour
+        burst: 5               # bucket size (default: N)
+      - name: export_rows
+        tool: "crm.export"
+        max_result_rows: 1000  # a result whose `rows` list is longer is withheld
+
+Rate limits are token buckets kept by the tool proxy of one process (a
+scale-out deployment shares them through its engine; not yet here). A call over
+a limit is denied with the limit's name, before it runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tether.errors import PolicyError
+
+_PER_UNIT = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    tool: str
+    per: str = "tool"
+    rate: float | None = None  # tokens per second
+    burst: float | None = None
+    max_result_rows: int | None = None
+    rows_field: str = "rows"
+
+    def applies(self, tool: str) -> bool:
+        return fnmatch.fnmatchcase(tool, self.tool)
+
+
+def parse_limits(items: Any, source: str, line: int) -> tuple[Limit, ...]:
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise PolicyError(f"{source}:{line}: 'limits' must be a list")
+    out = []
+    for item in items:
+        where = f"{source}:{getattr(item, 'line', line)}"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("tool"), str):
+            raise PolicyError(f"{where}: each limit needs a name and a tool glob")
+        unknown = set(item) - {"name", "tool", "per", "rate", "burst", "max_result_rows", "rows_field"}
+        if unknown:
+            raise PolicyError(f"{where}: limit {item['name']!r}: unknown key {sorted(unknown)[0]!r}")
+        per = item.get("per", "tool")
+        if per not in ("tool", "tenant", "run"):
+            raise PolicyError(f"{where}: limit {item['name']!r}: per must be tool, tenant or run")
+        rate = burst = None
+        if "rate" in item:
+            try:
+                n, unit = str(item["rate"]).split("/")
+                rate = float(n) / _PER_UNIT[unit.strip()]
+                assert rate > 0
+            except (ValueError, KeyError, AssertionError):
+                raise PolicyError(f"{where}: limit {item['name']!r}: rate {item['rate']!r} is not like 10/minute") from None
+            burst = float(item.get("burst", n))
+        rows = item.get("max_result_rows")
+        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 0):
+            raise PolicyError(f"{where}: limit {item['name']!r}: max_result_rows must be a whole number")
+        if rate is None and rows is None:
+            raise PolicyError(f"{where}: limit {item['name']!r} sets neither rate nor max_result_rows")
+        out.append(Limit(item["name"], item["tool"], per, rate, burst, rows, str(item.get("rows_field", "rows"))))
+    return tuple(out)
+
+
+class RateLimiter:
+    """Token buckets by (limit, key); thread-safe."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, limits: tuple[Limit, ...], tool: str, tenant: str, run_id: str) -> str | None:
+        """None when the call may go; else the name of the limit it would break (nothing is taken then)."""
+        now = self._clock()
+        keys = []
+        for lim in limits:
+            if lim.rate is None or not lim.applies(tool):
+                continue
+            key = {"tool": tool, "tenant": f"{tenant}|{tool}", "run": f"{run_id}|{tool}"}[lim.per]
+            keys.append((lim, (lim.name, key)))
+        with self._lock:
+            levels = {}
+            for lim, k in keys:
+                tokens, at = self._buckets.get(k, (lim.burst or 1.0, now))
+                tokens = min(lim.burst or 1.0, tokens + (now - at) * (lim.rate or 0))
+                if tokens < 1.0:
+                    return lim.name
+                levels[k] = tokens
+            for k, tokens in levels.items():
+                self._buckets[k] = (tokens - 1.0, now)
+        return None
+
+
+def result_too_big(limits: tuple[Limit, ...], tool: str, output: Any) -> str | None:
+    for lim in limits:
+        if lim.max_result_rows is None or not lim.applies(tool) or not isinstance(output, dict):
+            continue
+        rows = output.get(lim.rows_field)
+        if isinstance(rows, list) and len(rows) > lim.max_result_rows:
+            return f"limit {lim.name}: result has {len(rows)} rows, more than {lim.max_result_rows}"
+    return None
