@@ -2,12 +2,12 @@
 
     @id("refund_requires_approval") @action("require_human_approval")
     forbid(principal, action == Action::"call", resource == Tool::"payments.refund")
-      when { context.args.amount_usd.greaterThan(decimal("100")) };
+      when { context.args.amount_usd.greaterThan(decimal("100.0")) };
 
 A call is the request `Agent::"<proposer>"` doing `Action::"call"` on
 `Tool::"<tool name>"` (its attributes: `name`, `family`), with the context
 `{args, risk, tenant}`. Numbers in the context are Cedar decimals (compare with
-`.greaterThan(decimal("100"))`). Cedar answers allow or deny; a satisfied
+`.greaterThan(decimal("100.0"))`; a decimal literal needs its point). Cedar answers allow or deny; a satisfied
 `forbid` rule annotated `@action("require_human_approval")` asks a person
 instead of denying, and `@reason("...")` explains. With no `permit` rule
 satisfied, Cedar denies. An evaluation error denies (fail closed). Policies are

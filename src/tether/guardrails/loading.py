@@ -111,10 +111,21 @@ def _stack(parts: list[PolicySet | CedarPolicy], source: str) -> PolicyStack:
     return PolicyStack(tuple(parts), source, bundle, hashlib.sha256(bundle.encode()).hexdigest())
 
 
+def _bundle(text: str) -> dict[str, Any] | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and _BUNDLE in data else None
+
+
 def policy_from_text(text: str, source: str) -> PolicySet | CedarPolicy | PolicyStack:
     """A policy as stored with a run (a YAML or Cedar text, or a bundle)."""
-    if text.startswith('{"' + _BUNDLE):
-        parts = json.loads(text)["parts"]
+    bundle = _bundle(text)
+    if bundle is not None:
+        parts = bundle["parts"]
         return _stack([CedarPolicy.from_text(x["text"], x["source"]) if x["kind"] == "cedar"
                        else PolicySet.from_text(x["text"], x["source"]) for x in parts], source)  # fmt: skip
     if source.endswith(".cedar"):

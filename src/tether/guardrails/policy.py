@@ -32,6 +32,8 @@ Action = Literal["allow", "require_human_approval", "deny"]
 ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
 STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
+# Keys a rule may test besides a call's arguments, supplied by the gate (see decide).
+CONTEXT_KEYS = ("risk", "tenant", "principal")
 _FILE_KEYS = {"policies", "default", "description", "version", "include", "limits"}
 _RULE_KEYS = {"name", "if", "then", "description"}
 _THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
@@ -187,6 +189,8 @@ class PolicySet:
                 continue
             for c in rule.conditions:
                 top = c.key.split(".")[0]
+                if top in CONTEXT_KEYS:
+                    continue
                 if not any(top in schemas[n].get("properties", {}) for n in names):
                     errors.append(f"{where}: no matching tool has an argument {top!r} ({', '.join(names)})")
         return errors, warnings
