@@ -10,13 +10,21 @@ runs, execution under a timeout, and the result written durably after.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from tether import Args, Database, PolicySet, ToolCall, ToolContext, ToolProxy, ToolRegistry, tool
+from tether import (
+    Args,
+    Database,
+    PolicySet,
+    ToolCall,
+    ToolContext,
+    ToolProxy,
+    ToolRegistry,
+    tool,
+)
 from tether.orchestration._journal import Journal
 from tether.record import runs as store
 from tether.tools.proxy import RunInfo

@@ -49,7 +49,15 @@ def overhead(calls: int = 1000) -> None:
     """Governed calls with tracing and redaction on and off, on SQLite."""
     from typing import Annotated, Any
 
-    from tether import Args, Database, PolicySet, ToolCall, ToolProxy, ToolRegistry, tool
+    from tether import (
+        Args,
+        Database,
+        PolicySet,
+        ToolCall,
+        ToolProxy,
+        ToolRegistry,
+        tool,
+    )
     from tether.orchestration._journal import Journal
     from tether.record import runs as store
     from tether.record.redaction import PII

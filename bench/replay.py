@@ -14,7 +14,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tether import Args, Database, End, PolicySet, RunContext, Runtime, ToolContext, Workflow, tool
+from tether import (
+    Args,
+    Database,
+    End,
+    PolicySet,
+    RunContext,
+    Runtime,
+    ToolContext,
+    Workflow,
+    tool,
+)
 from tether.orchestration.replay import replay
 from tether.record import runs as store
 from tether.workflows.triage.demo import run_demo

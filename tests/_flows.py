@@ -9,7 +9,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tether import Args, Choice, DecisionRequest, End, PolicySet, RunContext, Workflow, tool
+from tether import (
+    Args,
+    Choice,
+    DecisionRequest,
+    End,
+    PolicySet,
+    RunContext,
+    Workflow,
+    tool,
+)
 from tether.tools.tool import ToolContext
 
 POLICY = PolicySet.from_text(

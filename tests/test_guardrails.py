@@ -11,14 +11,29 @@ from typing import Any
 import jwt
 import pytest
 import sqlalchemy as sa
+from _flows import TOOLS, Job, World
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _flows import TOOLS, Job, World
 from tether import (
-    ApprovalError, ApprovalInbox, Args, CedarPolicy, Database, End, Ledger, PolicyError, PolicySet, RunContext,
-    Runtime, ToolCall, ToolContext, ToolProxy, ToolRegistry, Workflow, load_policy, tool,
+    ApprovalError,
+    ApprovalInbox,
+    Args,
+    Database,
+    End,
+    Ledger,
+    PolicyError,
+    PolicySet,
+    RunContext,
+    Runtime,
+    ToolCall,
+    ToolContext,
+    ToolProxy,
+    ToolRegistry,
+    Workflow,
+    load_policy,
+    tool,
 )  # fmt: skip
 from tether.cli import cli
 from tether.guardrails.risk import RiskFeatures, calibrate, score
@@ -236,7 +251,7 @@ def test_a_canary_secret_is_never_written(db: Database, tmp_path: Path, monkeypa
 
     @wf.state(initial=True)
     def go(run: RunContext[Job, None]) -> Any:
-        ok = run.call("upstream.fetch", {"path": "/a"})
+        run.call("upstream.fetch", {"path": "/a"})
         bad = run.call("upstream.fetch", {"path": "/boom"})
         return End("failed", "leak test", bad.error)
 

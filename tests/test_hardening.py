@@ -11,12 +11,23 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from _flows import POLICY, TOOLS, Job, Scripted, World, make_workflow
 from click.testing import CliRunner
 
-from _flows import POLICY, TOOLS, Job, Scripted, World, make_workflow
 from tether import (
-    ApprovalError, ApprovalInbox, Args, Database, End, Ledger, PolicyError, PolicySet, RunContext, Runtime,
-    ToolContext, Workflow, tool,
+    ApprovalError,
+    ApprovalInbox,
+    Args,
+    Database,
+    End,
+    Ledger,
+    PolicyError,
+    PolicySet,
+    RunContext,
+    Runtime,
+    ToolContext,
+    Workflow,
+    tool,
 )  # fmt: skip
 from tether.cli import cli
 from tether.record.tables import ledger_entries

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from _flows import make_workflow
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from _flows import make_workflow
 from tether import ApprovalInbox, Database, Ledger, Runtime
 from tether.cli import cli
 from tether.record.retention import Retention, purge

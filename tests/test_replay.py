@@ -131,7 +131,6 @@ def test_replay_refuses_what_it_cannot_replay(recorded: tuple[str, list[str]], t
 
 def test_save_case_turns_a_run_into_a_regression_case(recorded: tuple[str, list[str]], tmp_path: Path) -> None:
     url, ids = recorded
-    db = Database(url)
     target = ids[0]  # the newest: the refund a lead approved
     golden = tmp_path / "regressions.jsonl"
     res = CliRunner().invoke(cli, ["replay", target, "--db", url, "--save-case", str(golden)])

@@ -4,11 +4,25 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from _flows import POLICY, TOOLS, Job, Scripted, World, make_workflow
 
-from _flows import POLICY, Job, Scripted, World, make_workflow, TOOLS
 from tether import (
-    ApprovalError, ApprovalInbox, Database, End, Ledger, RunContext, Runtime, ToolCall, ToolProxy, ToolRegistry,
-    Workflow, WorkflowError, tool, Args, ToolContext, ToolError,
+    ApprovalError,
+    ApprovalInbox,
+    Args,
+    Database,
+    End,
+    Ledger,
+    RunContext,
+    Runtime,
+    ToolCall,
+    ToolContext,
+    ToolError,
+    ToolProxy,
+    ToolRegistry,
+    Workflow,
+    WorkflowError,
+    tool,
 )  # fmt: skip
 from tether.record import runs as store
 from tether.record.tables import runs as runs_table

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+)
 from tether.cli.runs import result_line
 from tether.guardrails.approvals import ApprovalInbox, add_approver, list_approvers
 from tether.orchestration.runtime import Runtime

@@ -6,7 +6,13 @@ import sys
 
 import click
 
-from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+)
 
 
 @click.command()

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import click
 
-from tether.cli._common import echo_json, json_option, one_line_errors
-
-
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tether-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+from tether.cli._common import echo_json, json_option, one_line_errors, write_atomic
 
 
 @click.command(name="eval")
@@ -68,9 +54,9 @@ def eval_(golden: str, concurrency: int, gate: bool, thresholds: str | None, bas
     apply_gates(result, gates)  # reported either way; only --gate changes the exit code
     data = result.to_json()
     if out:
-        _write_atomic(out, json.dumps(data, indent=1))
+        write_atomic(out, json.dumps(data, indent=1).encode())
     if html_out:
-        _write_atomic(html_out, html_report(result))
+        write_atomic(html_out, html_report(result).encode())
     if as_json:
         echo_json(data)
     else:

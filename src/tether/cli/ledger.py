@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
-from tether.cli._common import db_option, echo_json, fail, json_option, one_line_errors, open_db
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    fail,
+    json_option,
+    one_line_errors,
+    open_db,
+    write_atomic,
+)
 from tether.errors import LedgerError
 from tether.record.db import timestamp
 from tether.record.ledger import Ledger, read_export, verify_entries, verify_partial
-from tether.record.signing import check_manifest, load_signing_key, make_manifest, public_key_text, read_manifest
+from tether.record.signing import (
+    check_manifest,
+    load_signing_key,
+    make_manifest,
+    public_key_text,
+    read_manifest,
+)
 
 
 @click.group()
@@ -83,8 +95,8 @@ def export(db_url: str | None, out: str, run_id: str | None) -> None:
     last = (entries[-1].seq, entries[-1].hash) if entries else None
     manifest = make_manifest(data, n, first, last, signing_key(db), timestamp())
     # Both written beside their targets and renamed: a failed export leaves no half file.
-    _write_atomic(out, data)
-    _write_atomic(out + ".manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    write_atomic(out, data)
+    write_atomic(out + ".manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     click.echo(f"wrote {n} entries to {out} and a signed manifest to {out}.manifest.json", err=True)
 
 
@@ -100,13 +112,3 @@ def signing_key(db: Any) -> Any:
     return load_signing_key(db.key_folder)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tether-export-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -6,7 +6,13 @@ import os
 
 import click
 
-from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+)
 
 
 @click.command()
@@ -20,7 +26,8 @@ from tether.cli._common import db_option, echo_json, json_option, one_line_error
 @one_line_errors
 def purge(prompts_days: int, journal_days: int, traces_days: int, dry_run: bool, db_url: str | None, as_json: bool) -> None:
     """Delete what is past its retention (for a scheduler to call). The ledger is never purged."""
-    from tether.record.retention import Retention, purge as run_purge
+    from tether.record.retention import Retention
+    from tether.record.retention import purge as run_purge
 
     counts = run_purge(open_db(db_url), Retention(prompts_days, journal_days, traces_days), dry_run=dry_run)
     if as_json:

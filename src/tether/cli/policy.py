@@ -7,9 +7,16 @@ from pathlib import Path
 
 import click
 
-from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db, parse_json_object
-from tether.guardrails._yaml import CoreLoader
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+    parse_json_object,
+)
 from tether.errors import PolicyError
+from tether.guardrails._yaml import CoreLoader
 from tether.guardrails.loading import load_policy
 from tether.orchestration.workflow import load
 from tether.tools.calls import ToolCall

@@ -6,9 +6,16 @@ import sys
 
 import click
 
-from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+)
 from tether.guardrails.loading import load_policy
-from tether.orchestration.replay import Action, replay as replay_run
+from tether.orchestration.replay import Action
+from tether.orchestration.replay import replay as replay_run
 from tether.orchestration.workflow import load
 
 DIFFERENT = 3  # exit code when the replay took other actions (1 stays for errors)

@@ -8,13 +8,35 @@ from typing import Any
 
 import click
 
-from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db, parse_json_object
-from tether.guardrails.loading import load_policy
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+    parse_json_object,
+)
 from tether.errors import TetherError
-from tether.orchestration.runtime import FAILED_STATUSES, FINAL_STATUSES, Runtime, default_user
+from tether.guardrails.loading import load_policy
+from tether.orchestration.runtime import (
+    FAILED_STATUSES,
+    FINAL_STATUSES,
+    Runtime,
+    default_user,
+)
 from tether.orchestration.workflow import load
 from tether.record import runs as store
 from tether.record import tracing
+
+
+def report(r: Any, as_json: bool) -> None:
+    """Print a run's result; a run that failed exits 1."""
+    if as_json:
+        echo_json(r.__dict__)
+    else:
+        click.echo(result_line(r))
+    if r.status in FAILED_STATUSES:
+        sys.exit(1)
 
 
 def result_line(r: Any) -> str:
@@ -44,12 +66,7 @@ def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, polic
         r = runtime.start(wf, data, started_by=user or default_user(), tenant=tenant)
     finally:
         runtime.close()
-    if as_json:
-        echo_json(r.__dict__)
-    else:
-        click.echo(result_line(r))
-    if r.status in FAILED_STATUSES:
-        sys.exit(1)
+    report(r, as_json)
 
 
 @click.group(invoke_without_command=True)
@@ -160,12 +177,7 @@ def resume(run_id: str, stranded: bool, db_url: str | None, as_json: bool) -> No
         r = runtime.resume(run_id, load(row.workflow_ref), stranded=stranded)
     finally:
         runtime.close()
-    if as_json:
-        echo_json(r.__dict__)
-    else:
-        click.echo(result_line(r))
-    if r.status in FAILED_STATUSES:
-        sys.exit(1)
+    report(r, as_json)
 
 
 @runs.command()

@@ -11,13 +11,12 @@ the policy treats conservatively.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import yaml
 

@@ -9,9 +9,8 @@ are not numbers.
 
 from __future__ import annotations
 
-from typing import Any
-
 import re
+from typing import Any
 
 import yaml
 

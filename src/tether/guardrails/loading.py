@@ -18,7 +18,14 @@ from typing import Any, Protocol
 
 from tether.errors import PolicyError
 from tether.guardrails.cedar import CedarPolicy
-from tether.guardrails.policy import STRICTNESS, Decision, PolicySet, _strictest_tier, includes_of
+from tether.guardrails.policy import (
+    STRICTNESS,
+    Decision,
+    PolicySet,
+    _strictest_tier,
+    includes_of,
+    read_policy_file,
+)
 
 _BUNDLE = "tether_policy_bundle"
 
@@ -73,14 +80,7 @@ class PolicyStack:
 
 
 def _part(path: Path) -> PolicySet | CedarPolicy:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise PolicyError(f"{path}: policy file not found") from None
-    except IsADirectoryError:
-        raise PolicyError(f"{path}: is a directory, not a policy file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError(f"{path}: cannot read policy file ({e})") from None
+    text = read_policy_file(path)
     return CedarPolicy.from_text(text, str(path)) if path.suffix == ".cedar" else PolicySet.from_text(text, str(path))
 
 

@@ -25,7 +25,11 @@ from pydantic import BaseModel
 
 from tether.errors import PolicyError
 from tether.guardrails import _yaml
-from tether.guardrails._conditions import Condition, ConditionSyntaxError, ConditionTypeError
+from tether.guardrails._conditions import (
+    Condition,
+    ConditionSyntaxError,
+    ConditionTypeError,
+)
 from tether.guardrails.limits import Limit, parse_limits
 
 Action = Literal["allow", "require_human_approval", "deny"]
@@ -113,19 +117,7 @@ class PolicySet:
 
     @classmethod
     def load(cls, path: str | Path) -> PolicySet:
-        p = Path(path)
-        try:
-            raw = p.read_bytes()
-            text = raw.decode("utf-8")
-        except FileNotFoundError:
-            raise PolicyError(f"{p}: policy file not found") from None
-        except IsADirectoryError:
-            raise PolicyError(f"{p}: is a directory, not a policy file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise PolicyError(f"{p}: cannot read policy file ({e})") from None
-        # Decoded without newline translation, so the hash is of the file's bytes
-        # and `sha256sum FILE` matches it.
-        return cls.from_text(text, str(p))
+        return cls.from_text(read_policy_file(Path(path)), str(path))
 
     def decide(self, tool: str, args: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> Decision:
         """The decision for a call. `context` supplies the reserved keys rules may test besides
@@ -194,6 +186,19 @@ class PolicySet:
                 if not any(top in schemas[n].get("properties", {}) for n in names):
                     errors.append(f"{where}: no matching tool has an argument {top!r} ({', '.join(names)})")
         return errors, warnings
+
+
+def read_policy_file(p: Path) -> str:
+    """A policy file's text, decoded without newline translation so its hash is of the
+    file's bytes (`sha256sum FILE` matches); a one-line PolicyError otherwise."""
+    try:
+        return p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"{p}: policy file not found") from None
+    except IsADirectoryError:
+        raise PolicyError(f"{p}: is a directory, not a policy file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{p}: cannot read policy file ({e})") from None
 
 
 def _err(source: str, line: int, rule: str | None, msg: str) -> PolicyError:

@@ -10,13 +10,12 @@ run never repeats a side effect.
 from __future__ import annotations
 
 import getpass
-
-import sqlalchemy as sa
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
@@ -34,8 +33,8 @@ from tether.record.db import Database
 from tether.record.tables import run_events
 from tether.record.tables import runs as runs_table
 from tether.record.tracing import RUN_ID, Tracing, ids, parent_context
-from tether.tools.secrets import scrub
 from tether.tools.proxy import ToolProxy
+from tether.tools.secrets import scrub
 
 # Statuses a run can have. The first three are not final.
 RUNNING, WAITING, INTERRUPTED = "running", "waiting_approval", "interrupted"

@@ -8,14 +8,15 @@ BEGIN IMMEDIATE, so concurrent writers queue instead of failing mid-way.
 from __future__ import annotations
 
 import contextlib
-import functools
 import datetime as dt
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
 from tether.errors import StoreError
 from tether.record.migrations import SCHEMA_REVISION
 from tether.record.redaction import Redactor, load_key
@@ -123,7 +124,9 @@ class Database:
             raise StoreError(f"{self.label} is not a tether database (it has tables but no tether schema)")
         if current is None and not create:
             raise StoreError(f"{self.label} is not a tether database (empty)")
-        from alembic import command  # only when the schema must change: alembic is slow to import
+        from alembic import (
+            command,  # only when the schema must change: alembic is slow to import
+        )
 
         cfg = _alembic_config()
         try:

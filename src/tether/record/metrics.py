@@ -11,7 +11,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from tether.record.db import Database
 from tether.record.tables import approvals, run_events, runs

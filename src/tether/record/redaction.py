@@ -57,8 +57,15 @@ class Finding:
 def _recognizers() -> list[Any]:
     import tldextract
     from presidio_analyzer.predefined_recognizers import (
-        CreditCardRecognizer, EmailRecognizer, EsNifRecognizer, IbanRecognizer, IpRecognizer, ItFiscalCodeRecognizer,
-        PhoneRecognizer, UkNinoRecognizer, UsSsnRecognizer,
+        CreditCardRecognizer,
+        EmailRecognizer,
+        EsNifRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        ItFiscalCodeRecognizer,
+        PhoneRecognizer,
+        UkNinoRecognizer,
+        UsSsnRecognizer,
     )  # fmt: skip
 
     # Presidio validates email domains with tldextract, which would fetch the public

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
 import sqlalchemy as sa
 
 from tether.errors import RunNotFound

@@ -28,7 +28,11 @@ import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from tether.record.tables import spans as spans_table
@@ -52,11 +56,15 @@ def _exporters() -> list[SpanExporter]:
             protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
                         or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")  # fmt: skip
             if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as Grpc
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                    OTLPSpanExporter as Grpc,
+                )
 
                 out.append(Grpc())
             elif protocol in ("http/protobuf", "http/json"):
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter as Http,
+                )
 
                 out.append(Http())
             else:

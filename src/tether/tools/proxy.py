@@ -12,8 +12,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jsonschema
@@ -21,8 +21,8 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from tether.errors import InvalidArguments, UnknownTool
-from tether.guardrails.policy import Decision
 from tether.guardrails.limits import RateLimiter, result_too_big
+from tether.guardrails.policy import Decision
 from tether.guardrails.risk import features_for, score
 from tether.tools.calls import CallStatus, ToolCall, ToolResult
 from tether.tools.registry import ToolRegistry
