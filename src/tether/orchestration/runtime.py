@@ -38,8 +38,7 @@ from tether.tools.secrets import scrub
 
 # Statuses a run can have. The first three are not final.
 RUNNING, WAITING, INTERRUPTED = "running", "waiting_approval", "interrupted"
-FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected")
-FINAL_STATUSES = ("completed", "escalated", *FAILED_STATUSES)
+FAILED_STATUSES, FINAL_STATUSES = store.FAILED_STATUSES, store.FINAL_STATUSES
 
 
 @dataclass(frozen=True)

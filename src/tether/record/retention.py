@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from tether.errors import TetherError
 from tether.record.db import Database
+from tether.record.runs import FINAL_STATUSES
 from tether.record.tables import prompts, run_events, runs, spans
 
 PROMPT_DAYS = (7, 30)
-FINAL = ("completed", "escalated", "failed", "budget_exhausted", "loop_detected")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def purge(db: Database, policy: Retention, *, now: dt.datetime | None = None, dr
     now = now or dt.datetime.now(dt.UTC)
     old_prompts = prompts.c.created_at < _cutoff(now, policy.prompt_days)
     # Journals only of runs that ended before the cutoff: a paused run keeps its journal.
-    ended = sa.select(runs.c.id).where(runs.c.status.in_(FINAL), runs.c.updated_at < _cutoff(now, policy.journal_days))
+    ended = sa.select(runs.c.id).where(runs.c.status.in_(FINAL_STATUSES), runs.c.updated_at < _cutoff(now, policy.journal_days))
     old_events = run_events.c.run_id.in_(ended)
     old_spans = spans.c.end_ns < int((now - dt.timedelta(days=policy.trace_days)).timestamp() * 1e9)
     counts = {}

@@ -50,6 +50,10 @@ def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:
     return row.source, row.content
 
 
+# Final statuses of a run (the runtime also uses running, waiting_approval, interrupted).
+FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected")
+FINAL_STATUSES = ("completed", "escalated", *FAILED_STATUSES)
+
 # Bump when the meaning of recorded events changes; replay refuses other formats.
 RECORD_FORMAT = 1
 
