@@ -36,8 +36,9 @@ def approvals(ctx: click.Context, show_all: bool, db_url: str | None, as_json: b
         click.echo("no pending approvals" if not show_all else "no approval requests")
     for r in reqs:
         decided = f" {r.status} by {r.decided_by}" if r.decided_by else ""
+        untrusted = f"  UNTRUSTED={','.join(r.untrusted_args)}" if r.untrusted_args else ""
         click.echo(f"{r.id}  {r.requested_at[:19]}  {r.tool} {r.args}  rules={r.rules}  run={r.run_id} "
-                   f"started_by={r.started_by}{decided}")  # fmt: skip
+                   f"started_by={r.started_by}{decided}{untrusted}")  # fmt: skip
 
 
 def _decide(approval_id: str, approve: bool, user: str, reason: str | None, db_url: str | None, as_json: bool) -> None:

@@ -92,6 +92,7 @@ class Workflow(Generic[InputT, DepsT]):
         description: str = "",
         ref: str | None = None,
         evals: EvalHooks[DepsT] | None = None,
+        trusted_input: Iterable[str] = (),
     ) -> None:
         if max_steps < 1 or max_calls_per_step < 1:
             raise WorkflowError(f"workflow {name}: max_steps and max_calls_per_step must be at least 1")
@@ -105,6 +106,9 @@ class Workflow(Generic[InputT, DepsT]):
         self.max_calls_per_step = max_calls_per_step
         self.description = description
         self.evals = evals
+        # Input fields set by a trusted system (a ticket's id, an authenticated customer id);
+        # every other input field is the requester's own words and untrusted.
+        self.trusted_input = frozenset(trusted_input)
         self.ref = ref or name
         self.states: dict[str, State] = {}
         self.initial: str | None = None

@@ -88,6 +88,7 @@ approvals = sa.Table(
     sa.Column("on_expiry", sa.String(16), nullable=False, server_default="deny"),
     sa.Column("escalate_to", sa.String(100)),
     sa.Column("risk", sa.Float),
+    sa.Column("untrusted_args", sa.JSON),  # arguments traced to untrusted sources, for the approver to see
 )
 
 # One vote per person per request (the key is the normalised name).

@@ -72,6 +72,15 @@ def _where(error: jsonschema.ValidationError) -> str:
     return f"argument {path!r}: " if path else ""
 
 
+def _trust(call: ToolCall, clean: dict[str, Any]) -> dict[str, Any]:
+    """The gate's view of where the arguments came from; untraced arguments are untrusted."""
+    if call.provenance is None:
+        traced = {name: "untrusted" for name in clean}
+    else:  # an argument the caller left out holds the schema's default: the tool author's value
+        traced = {name: call.provenance.get(name, {}).get("trust", "trusted") for name in clean}
+    return {"trusted": all(v == "trusted" for v in traced.values()), "provenance": traced}
+
+
 Outcome = tuple[CallStatus, Any, str | None, float]  # status, output, error, duration in ms
 Executor = Callable[[Tool, ToolContext[Any], BaseModel], Outcome]
 
@@ -130,7 +139,11 @@ class ToolProxy:
             recorder.proposed(call, clean, None, t.schema)
             rc = call.risk_context
             risk = score(features_for(t, clean, rc, bool(rc.get("novel"))))
-            decision = policy.decide(t.name, clean, {"risk": risk, "tenant": run.tenant, "principal": call.proposer})
+            trust = _trust(call, clean)
+            decision = policy.decide(t.name, clean, {"risk": risk, "tenant": run.tenant, "principal": call.proposer, **trust})
+            untrusted = [a for a, v in trust["provenance"].items() if v == "untrusted"]
+            if untrusted:
+                decision = decision.model_copy(update={"untrusted_args": untrusted})
             recorder.decided(call, decision)
             if decision.action == "deny":
                 return self._finish(recorder, call, status="denied", error=decision.reason, decision=decision)

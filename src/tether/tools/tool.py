@@ -92,6 +92,9 @@ class Tool:
     risk_tier: str  # low | medium | high | critical
     risk_amount: str | None  # the argument holding a money amount, for the risk score
     risk_volume: str | None  # the argument holding a data volume (rows), for the risk score
+    # Which of its output an attacker may write: True (all of it) or the keys that
+    # hold outside text (a merchant's descriptor, a customer's message).
+    untrusted_output: bool | tuple[str, ...]
     _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
     _validator: jsonschema.protocols.Validator = field(repr=False)
 
@@ -135,6 +138,7 @@ def tool(
     risk_tier: str = "medium",
     risk_amount: str | None = None,
     risk_volume: str | None = None,
+    untrusted_output: bool | tuple[str, ...] = False,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs)."""
     if not _NAME.match(name):
@@ -172,6 +176,7 @@ def tool(
             risk_tier=risk_tier,
             risk_amount=risk_amount,
             risk_volume=risk_volume,
+            untrusted_output=untrusted_output if isinstance(untrusted_output, bool) else tuple(untrusted_output),
             _fn=fn,
             _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
         )
