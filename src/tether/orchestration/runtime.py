@@ -21,6 +21,7 @@ from opentelemetry.trace import StatusCode
 
 from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
 from tether.guardrails.approvals import principal
+from tether.guardrails.limits import SharedRateLimiter
 from tether.guardrails.loading import Policy, policy_from_text
 from tether.models.base import Model
 from tether.orchestration._journal import Journal
@@ -256,7 +257,8 @@ class Runtime:
         if workflow.name not in self._proxies:
             from tether.tools.credentials import Credentials
 
-            self._proxies[workflow.name] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets)
+            self._proxies[workflow.name] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets,
+                                                     limiter=SharedRateLimiter(self.db))  # fmt: skip
         return self._proxies[workflow.name]
 
     def _deps_for(self, workflow: Workflow[Any, Any]) -> Any:

@@ -177,3 +177,12 @@ prompts = sa.Table(
     sa.Column("response", sa.JSON, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
 )
+
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("limit_name", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(400), primary_key=True),  # tool, tenant|tool or run|tool
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),  # wall-clock seconds
+)

@@ -94,11 +94,11 @@ class ToolProxy:
 
     def __init__(
         self, registry: ToolRegistry, *, max_workers: int = 8, executor: Executor | None = None, credentials: Any = None,
-        secrets: Any = None,
+        secrets: Any = None, limiter: Any = None,
     ) -> None:
         self.registry = registry
         self.credentials = credentials  # mints a transaction-scoped token for every authorised call
-        self._limiter = RateLimiter()
+        self._limiter = limiter if limiter is not None else RateLimiter()  # SharedRateLimiter across processes
         self.secrets = secrets if secrets is not None else EnvSecrets()
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tether-tool")
         self._executor: Executor = executor or self._execute

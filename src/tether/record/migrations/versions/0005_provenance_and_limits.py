@@ -1,4 +1,4 @@
-"""provenance: the arguments of a call awaiting approval that came from untrusted sources
+"""provenance and shared limits: untrusted arguments of calls awaiting approval; rate buckets shared by processes
 
 Revision ID: 0005
 Revises: 0004
@@ -17,8 +17,16 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("approvals", schema=None) as batch_op:
         batch_op.add_column(sa.Column("untrusted_args", sa.JSON(), nullable=True))
+    op.create_table(
+        "rate_buckets",
+        sa.Column("limit_name", sa.String(200), primary_key=True),
+        sa.Column("key", sa.String(400), primary_key=True),
+        sa.Column("tokens", sa.Float(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("rate_buckets")
     with op.batch_alter_table("approvals", schema=None) as batch_op:
         batch_op.drop_column("untrusted_args")
