@@ -55,6 +55,17 @@ def _decide(approval_id: str, approve: bool, user: str, reason: str | None, db_u
             click.echo(f"{req.id} vote recorded: {req.votes} of {req.required} approvals"
                        + (f" (role {req.role})" if req.role else ""))  # fmt: skip
         return
+    with db.read() as conn:
+        started_on = store.get_run(conn, req.run_id).workflow_version
+    if started_on != wf.version:  # the decision stands; the run waits for code of its version (or --migrate)
+        note = (f"run {req.run_id} not resumed: it started on version {started_on}, the code here is {wf.version}; "
+                f"`tether runs resume {req.run_id} --migrate` re-runs it on this code")  # fmt: skip
+        if as_json:
+            echo_json({"approval": req.to_json(), "run": None, "note": note})
+        else:
+            click.echo(f"{req.id} {req.status} by {req.decided_by}")
+            click.echo(note)
+        return
     runtime = Runtime(db)
     try:
         result = runtime.resume(req.run_id, wf)

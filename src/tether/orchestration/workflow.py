@@ -168,11 +168,12 @@ class Workflow(Generic[InputT, DepsT]):
     def _compute_version(self) -> str:
         h = hashlib.sha256()
         h.update(f"{self.name}|{self.max_steps}|{self.max_calls_per_step}|{self.initial}".encode())
+        h.update(f"|trusted:{sorted(self.trusted_input)}".encode())
         for s in sorted(self.states.values(), key=lambda s: s.name):
             h.update(f"|{s.name}>{','.join(s.goes_to)}|".encode())
             h.update(_source(s.fn).encode())
         for t in self.tools:
-            h.update(f"|{t.name}|".encode())
+            h.update(f"|{t.name}|{t.untrusted_output}|".encode())
             h.update(_source(t._fn).encode())
         return h.hexdigest()[:16]
 
