@@ -45,3 +45,10 @@ class ApprovalError(TetherError):
 
 class RunNotFound(TetherError):
     pass
+
+
+class Retryable(Exception):
+    """Raised by a tool for a failure worth trying again (a 429, a dropped connection).
+
+    The proxy retries it with backoff up to the tool's `retries`; anything else a tool
+    raises fails the call at once."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic
 
@@ -64,6 +65,7 @@ class RunContext(Generic[InputT, DepsT]):
         approval_source: Callable[[ToolCall, Decision], Approval | None] | None = None,
         tracer: Any = None,
         history: Callable[[str, str], bool] | None = None,
+        deadline: float | None = None,  # time.monotonic() past which the run ends deadline_exceeded
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -82,6 +84,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
+        self._deadline = deadline
         self.provenance = Provenance()
         fields = input.model_dump(mode="json") if isinstance(input, BaseModel) else {"input": input}
         for name, value in (fields.items() if isinstance(fields, dict) else ()):
@@ -97,8 +100,13 @@ class RunContext(Generic[InputT, DepsT]):
         return self._journal.step
 
     # -- called by the runner -------------------------------------------------
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise self._end("deadline_exceeded", f"the run used up its {self.workflow.deadline_s:g}s deadline in {self.state!r}")
+
     def _enter(self, state: str, step: int) -> None:
         self._journal.state, self._journal.step, self._ops_in_step = state, step, 0
+        self._check_deadline()
         op = str(step)
         recorded = self._journal.replayed(op)
         if recorded:
@@ -116,6 +124,7 @@ class RunContext(Generic[InputT, DepsT]):
     def _next_op(self) -> str:
         if self._ended:
             raise self._ended
+        self._check_deadline()
         if self._ops_in_step >= self.workflow.max_calls_per_step:
             raise self._end(
                 "budget_exhausted",

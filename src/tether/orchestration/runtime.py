@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,7 +160,7 @@ class Runtime:
         migrating = row.workflow_version if row.workflow_version != workflow.version else None
         return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded,
                            trace_ids=(row.trace_id, row.root_span_id),
-                           revert=(row.status, migrating) if migrating else None)  # fmt: skip
+                           revert=(row.status, migrating) if migrating else None, active_s=row.active_s or 0.0)  # fmt: skip
 
     def deps(self, workflow: Workflow[Any, Any]) -> Any:
         """The workflow's dependencies (its systems of record) as this runtime's runs see them."""
@@ -187,8 +188,11 @@ class Runtime:
         recorded: list[store.Event],
         trace_ids: tuple[str | None, str | None] = (None, None),
         revert: tuple[str, str] | None = None,  # (status, old version) of a run being migrated to new code
+        active_s: float = 0.0,  # seconds the run already spent running in earlier segments
     ) -> RunResult:
         journal = Journal(self.db, run_id, recorded)
+        began = time.monotonic()
+        deadline = began + workflow.deadline_s - active_s if workflow.deadline_s is not None else None
         tracing = self._tracing()
         root = tracing.tracer.start_span(
             f"invoke_agent {workflow.name}", context=parent_context(*trace_ids),
@@ -201,7 +205,7 @@ class Runtime:
         ctx = RunContext(
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
             journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
-            model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel,
+            model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
         )  # fmt: skip
         approval_id = None
         try:
@@ -227,9 +231,11 @@ class Runtime:
             root.set_attribute("tether.run.status", INTERRUPTED)
             root.end()
             journal.flush(lambda conn: tracing.save(conn, run_id), status=INTERRUPTED,
+                          active_s=round(active_s + time.monotonic() - began, 3),
                           error=f"interrupted by {type(e).__name__}; `tether runs resume RUN --stranded` continues it")  # fmt: skip
             raise
         root.set_attribute("tether.run.status", status)
+        journal.set_run_values(active_s=round(active_s + time.monotonic() - began, 3))
         if revert is not None:  # the new code replayed the journal faithfully: the run is now on it
             journal.set_run_values(workflow_version=workflow.version)
             journal.add_ledger("run_migrated", {"from_version": revert[1], "to_version": workflow.version})

@@ -45,6 +45,7 @@ runs = sa.Table(
     # One trace per run: resumed segments are children of this root span.
     sa.Column("trace_id", sa.String(32)),
     sa.Column("root_span_id", sa.String(16)),
+    sa.Column("active_s", sa.Float),  # seconds spent running, over all segments (the deadline's clock)
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("updated_at", sa.String(32), nullable=False),
 )

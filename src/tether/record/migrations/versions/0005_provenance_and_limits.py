@@ -1,4 +1,4 @@
-"""provenance and shared limits: untrusted arguments of calls awaiting approval; rate buckets shared by processes
+"""provenance, shared limits, deadlines: untrusted arguments of calls awaiting approval; rate buckets shared by processes; active seconds per run
 
 Revision ID: 0005
 Revises: 0004
@@ -17,6 +17,8 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("approvals", schema=None) as batch_op:
         batch_op.add_column(sa.Column("untrusted_args", sa.JSON(), nullable=True))
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("active_s", sa.Float(), nullable=True))
     op.create_table(
         "rate_buckets",
         sa.Column("limit_name", sa.String(200), primary_key=True),
@@ -28,5 +30,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rate_buckets")
+    with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.drop_column("active_s")
     with op.batch_alter_table("approvals", schema=None) as batch_op:
         batch_op.drop_column("untrusted_args")
