@@ -52,7 +52,8 @@ def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:
 
 # Final statuses of a run (the runtime also uses running, waiting_approval, interrupted).
 FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected", "deadline_exceeded")
-FINAL_STATUSES = ("completed", "escalated", *FAILED_STATUSES)
+CANCELLED = "cancelled"  # stopped by a person; its effects compensated
+FINAL_STATUSES = ("completed", "escalated", CANCELLED, *FAILED_STATUSES)
 
 # Bump when the meaning of recorded events changes; replay refuses other formats.
 RECORD_FORMAT = 1
