@@ -49,6 +49,10 @@ class Journal:
     def replayed(self, op: str) -> list[store.Event]:
         return self._by_op.get(op, [])
 
+    def call_events(self) -> list[store.Event]:
+        """Every event of every call, recorded or new, in the order it happened."""
+        return sorted((e for evs in self._by_op.values() for e in evs), key=lambda e: e.seq)
+
     # -- buffering new events -----------------------------------------------
     def add(self, kind: str, op: str | None, data: dict[str, Any]) -> None:
         event = store.Event(self._next_seq, kind, self.step, self.state, op, data)

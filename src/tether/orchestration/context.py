@@ -279,9 +279,8 @@ class RunContext(Generic[InputT, DepsT]):
         Every compensation is a governed call (validated, decided, ledgered) with a
         stable id `undo:<call>` and the idempotency key of the step it undoes, so a
         resumed or replayed run answers it from the journal instead of repeating it."""
-        results = sorted((e for evs in self._journal._by_op.values() for e in evs
-                          if e.kind == "result" and e.data["status"] == "ok" and not str(e.call_id).startswith("undo:")),
-                         key=lambda e: e.seq)  # fmt: skip
+        results = [e for e in self._journal.call_events()
+                   if e.kind == "result" and e.data["status"] == "ok" and not str(e.call_id).startswith("undo:")]
         undone = []
         for ev in reversed(results):
             t = self.workflow.tools.get(ev.data["tool"]) if ev.data["tool"] in self.workflow.tools else None
