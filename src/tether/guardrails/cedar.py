@@ -6,7 +6,8 @@
 
 A call is the request `Agent::"<proposer>"` doing `Action::"call"` on
 `Tool::"<tool name>"` (its attributes: `name`, `family`), with the context
-`{args, risk, tenant}`. Numbers in the context are Cedar decimals (compare with
+`{args, risk, tenant, facts}` (`facts`: what the workflow's code established, see
+RunContext.call). Numbers in the context are Cedar decimals (compare with
 `.greaterThan(decimal("100.0"))`; a decimal literal needs its point). Cedar answers allow or deny; a satisfied
 `forbid` rule annotated `@action("require_human_approval")` asks a person
 instead of denying, and `@reason("...")` explains. With no `permit` rule
@@ -95,7 +96,8 @@ class CedarPolicy:
                 "action": {"type": "Action", "id": "call"},
                 "resource": {"type": "Tool", "id": tool},
                 "context": {"args": _value(dict(args)), "tenant": str(ctx.get("tenant") or ""),
-                            "risk": _value(ctx.get("risk") if ctx.get("risk") is not None else 0.0)},
+                            "risk": _value(ctx.get("risk") if ctx.get("risk") is not None else 0.0),
+                            "facts": _value(dict(ctx.get("facts") or {}))},
             }  # fmt: skip
             entities = [{"uid": {"type": "Tool", "id": tool}, "attrs": {"name": tool, "family": tool.split(".")[0]}, "parents": []}]
             result = cedarpy.is_authorized(request, self._policies, entities)

@@ -37,7 +37,7 @@ ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
 STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
 # Keys a rule may test besides a call's arguments, supplied by the gate (see decide).
-CONTEXT_KEYS = ("risk", "tenant", "principal")
+CONTEXT_KEYS = ("risk", "tenant", "principal", "facts")
 _FILE_KEYS = {"policies", "default", "description", "version", "include", "limits"}
 _RULE_KEYS = {"name", "if", "then", "description"}
 _THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
@@ -121,7 +121,8 @@ class PolicySet:
 
     def decide(self, tool: str, args: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> Decision:
         """The decision for a call. `context` supplies the reserved keys rules may test besides
-        arguments: `risk` (the call's risk score), `tenant`, `principal`."""
+        arguments: `risk` (the call's risk score), `tenant`, `principal`, `facts` (what the workflow's
+        code established for this call; rules test `facts.NAME`)."""
         d = self._decide(tool, {**args, **(context or {})})
         risk = (context or {}).get("risk")
         return d.model_copy(update={"risk": risk}) if risk is not None else d

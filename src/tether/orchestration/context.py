@@ -79,6 +79,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._history = history  # (tenant, tool) -> never executed for this tenant before?
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
+        self._reads: set[str] = set()  # keys of read-only calls since the last side effect
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
 
     @property
@@ -226,13 +227,23 @@ class RunContext(Generic[InputT, DepsT]):
         *,
         proposer: str | None = None,
         risk: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> ToolResult:
         """Propose a tool call through the proxy. `risk` adds features to its risk score:
-        `customer_tier` (standard, premium, metal) and `confidence` (of the choice behind it)."""
+        `customer_tier` (standard, premium, metal) and `confidence` (of the choice behind it).
+        `facts` are what this workflow's code established from earlier results (never what a
+        model said): policies test them as `facts.NAME`, the tool reads them as `ctx.facts`."""
         op = self._next_op()
         plain = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
-        call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}")
+        call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}",
+                        facts=dict(facts or {}))  # fmt: skip
         self._check_loop(call)
+        result = self._call(call, op, risk)
+        self._after(call, result)
+        return result
+
+    def _call(self, call: ToolCall, op: str, risk: Mapping[str, Any] | None) -> ToolResult:
+        tool = call.tool
         recorded = self._journal.replayed(op)
         if recorded:
             done = self._replay_call(call, recorded)
@@ -285,6 +296,16 @@ class RunContext(Generic[InputT, DepsT]):
         if key in self._seen_calls:
             raise self._end("loop_detected", f"repeated identical call {call.tool}({call.args}) at op {call.call_id}")
         self._seen_calls.add(key)
+
+    def _after(self, call: ToolCall, result: ToolResult) -> None:
+        """A read repeated after a change is a new question, not a loop: once a side effect
+        happened, earlier reads may be asked again (a repeated change still ends the run)."""
+        tools = self.workflow.tools
+        if result.ok and call.tool in tools and tools.get(call.tool).side_effect:
+            self._seen_calls -= self._reads
+            self._reads = set()
+        elif call.tool in tools and not tools.get(call.tool).side_effect:
+            self._reads.add(digest([call.tool, call.args]))
 
     def _replay_call(self, call: ToolCall, recorded: list[Any]) -> ToolResult | None:
         """The recorded result, the run resumed past an approval, or None to run live."""

@@ -29,6 +29,8 @@ class ToolCall(BaseModel):
     args: dict[str, Any]
     proposer: str
     risk_context: dict[str, Any] = {}  # features for the risk score beyond the arguments (recorded for replay)
+    # What the workflow's own code established (never the model): policies test it as `facts.NAME`.
+    facts: dict[str, Any] = {}
 
 
 class ToolResult(BaseModel):

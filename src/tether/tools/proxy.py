@@ -130,7 +130,8 @@ class ToolProxy:
             recorder.proposed(call, clean, None, t.schema)
             rc = call.risk_context
             risk = score(features_for(t, clean, rc, bool(rc.get("novel"))))
-            decision = policy.decide(t.name, clean, {"risk": risk, "tenant": run.tenant, "principal": call.proposer})
+            context = {"risk": risk, "tenant": run.tenant, "principal": call.proposer}
+            decision = policy.decide(t.name, clean, {**context, "facts": call.facts} if call.facts else context)
             recorder.decided(call, decision)
             if decision.action == "deny":
                 return self._finish(recorder, call, status="denied", error=decision.reason, decision=decision)
@@ -167,9 +168,10 @@ class ToolProxy:
             rules=tuple(decision.rules),
             approval_id=approval.id if approval else None,
             credential=token,
+            approved_by=approval.by if approval else None,
         )
         ctx = ToolContext(deps=deps, run_id=run.run_id, step=run.step, call_id=call.call_id, tenant=run.tenant,
-                          grant=grant, verifier=self.credentials, secrets=self.secrets)  # fmt: skip
+                          grant=grant, verifier=self.credentials, secrets=self.secrets, facts=call.facts)  # fmt: skip
         status, output, error, ms = self._executor(t, ctx, args)
         too_big = result_too_big(limits, t.name, output) if limits and status == "ok" else None
         if too_big:  # the result is withheld: nothing over the limit reaches the run or the records
