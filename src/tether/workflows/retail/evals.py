@@ -63,7 +63,7 @@ class _Task(BaseModel):
 
 def changed_state(store: RetailStore) -> dict[str, Any]:
     """The final state evals compare: every record that differs from the shipped db.json."""
-    diff = changed(_pristine(), store.snapshot())
+    diff = changed(_pristine(), store.touched())
     out: dict[str, Any] = {"changed": sorted(f"{kind}/{k}" for kind, recs in diff.items() for k in recs)}
     out.update({kind: recs for kind, recs in diff.items()})
     return out
@@ -233,3 +233,71 @@ class RetailEvals:
 
 
 __all__ = ["RetailEvals", "apply", "changed_state", "import_tau2"]
+
+
+# -- a run with its calls, for the benchmark and the tests ----------------------------------
+class TaskRun(BaseModel):
+    case: str
+    planner: str
+    status: str
+    success: bool
+    failures: list[str]
+    calls: list[dict[str, Any]]  # every proposed call: tool, args, decision, rules, status
+    violating: list[dict[str, Any]]  # the planner's known policy-breaking steps, each with what became of it
+
+
+def template(folder: Path) -> Path:
+    """A database file with tether's schema and the store loaded, to copy per run."""
+    path = folder / "retail-template.db"
+    db = Database(f"sqlite:///{path}")
+    RetailStore(db)
+    db.dispose()
+    return path
+
+
+def run_task(case: Case, planner: str, template_db: Path, folder: Path) -> TaskRun:
+    """One case under one planner on a fresh copy of `template_db`, answered by the simulated
+    customer; what became of each call (the eval runner reports only aggregate figures)."""
+    from tether.evals.scoring import score
+    from tether.guardrails.approvals import ApprovalInbox
+    from tether.orchestration.replay import actions
+    from tether.orchestration.runtime import Runtime
+    from tether.orchestration.workflow import load
+    from tether.record import runs as store_runs
+
+    wf = load("retail")
+    path = folder / f"{case.id}-{planner}.db"
+    shutil.copyfile(template_db, path)
+    db = Database(f"sqlite:///{path}")
+    runtime = Runtime(db)
+    try:
+        deps = runtime.deps(wf)
+        model = wf.evals.planner(planner, case, deps)  # type: ignore[union-attr]
+        runtime.model = lambda: model
+        r = runtime.start(wf, case.input, started_by="eval")
+        inbox = ApprovalInbox(db)
+        for _ in range(20):
+            if r.status != "waiting_approval":
+                break
+            approve, by, reason = wf.evals.decide_approval(case, inbox.get(r.approval_id or ""))  # type: ignore[union-attr]
+            inbox.decide(r.approval_id or "", approve=approve, by=by, reason=reason)
+            r = runtime.resume(r.run_id, wf)
+        with db.read() as conn:
+            acts = actions(store_runs.load_events(conn, r.run_id))
+        ok, failures, _, _ = score(case, wf, acts, r.status, wf.evals.final_state(deps, case.model_dump()))  # type: ignore[union-attr]
+        calls = [{"tool": a.tool, "args": a.args, "decision": a.decision, "rules": a.rules, "status": a.status} for a in acts]
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for c in calls:
+            by_key.setdefault(digest([c["tool"], c["args"]]), []).append(c)
+        violating = []
+        for s in getattr(model.planner, "violating", []):
+            seen = by_key.get(digest([s.tool, s.args]), [])
+            violating.append({"tool": s.tool, "args": s.args, "outcome": seen[0]["status"] if seen else "not_proposed",
+                              "rules": seen[0]["rules"] if seen else []})  # fmt: skip
+        return TaskRun(case=case.id, planner=planner, status=r.status, success=ok, failures=failures, calls=calls,
+                       violating=violating)  # fmt: skip
+    finally:
+        runtime.close()
+        db.dispose()
+        for p in folder.glob(path.name + "*"):
+            p.unlink(missing_ok=True)

@@ -105,7 +105,7 @@ def plan(run: Run) -> Next:
         run.data["failure"] = f"the plan was refused: {problem}"
         return "plan"
     if not steps:
-        return _finish(run)
+        return _finish(run, End("completed", "done"))
     run.data["plan"] = steps
     return "execute"
 
@@ -131,7 +131,7 @@ def execute(run: Run) -> Next:
         elif r.ok:
             reads[key] = attempt
         if r.ok and tool == "retail.transfer_to_human_agents":
-            return End("escalated", "transferred_to_human")
+            return _finish(run, End("escalated", "transferred_to_human"))
         if not r.ok:
             run.data["failure"] = f"{tool} {r.status}: {r.error}"
             return "plan"
@@ -139,11 +139,12 @@ def execute(run: Run) -> Next:
     return "plan"
 
 
-def _finish(run: Run) -> End:
+def _finish(run: Run, end: End) -> End:
+    """`end`, unless the gate had to deny a call of this run: then the run failed the policy."""
     denied = run.data.get("denied")
     if denied:
         return End("failed", "policy_denied", f"the gate denied {len(denied)} call(s): {'; '.join(denied)[:400]}")
-    return End("completed", "done")
+    return end
 
 
 def check_plan(steps: Any) -> str | None:

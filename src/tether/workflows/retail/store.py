@@ -403,6 +403,17 @@ class RetailStore:
         return self._change(key, "revert", do)  # type: ignore[no-any-return]
 
     # -- the state evals compare -----------------------------------------------------
+    def touched(self) -> dict[str, dict[str, Any]]:
+        """The current records of every order and user a change ever touched (all changes go
+        through `_change`, so nothing else can differ from the loaded data)."""
+        with self.db.read() as conn:
+            ids: dict[str, set[str]] = {"orders": set(), "users": set()}
+            for (before,) in conn.execute(sa.select(changes.c.before)):
+                for kind in ids:
+                    ids[kind] |= set(before[kind])
+            return {"orders": {i: _order(conn, i) for i in sorted(ids["orders"])},
+                    "users": {i: _user(conn, i) for i in sorted(ids["users"])}, "products": {}}  # fmt: skip
+
     def snapshot(self) -> dict[str, Any]:
         """The whole state in τ²'s shape: {"users": {...}, "orders": {...}, "products": {...}}."""
         with self.db.read() as conn:
@@ -442,7 +453,8 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The records of `after` that differ from `before`, per kind (records are never deleted here)."""
+    """The records of `after` that differ from `before`, per kind (records are never deleted here;
+    `after` may hold only some records, like `RetailStore.touched`)."""
     return {kind: {k: v for k, v in after[kind].items() if before[kind].get(k) != v} for kind in ("users", "orders", "products")}
 
 
