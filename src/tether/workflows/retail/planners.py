@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from tether.models.base import Choice, DecisionRequest, Usage
-from tether.workflows.retail.session import CHANGES, IDENTITY, NO_AUTH, ORDER_CHANGES
+from tether.workflows.retail.session import IDENTITY, NO_AUTH, ORDER_CHANGES
 from tether.workflows.retail.store import RecordError, RetailStore
 
 
@@ -290,4 +290,4 @@ Factory = Callable[[list[dict[str, Any]], RetailStore], ScriptedPlanner | None]
 PLANNERS: dict[str, Factory] = {"oracle": oracle, "tau2_raw": tau2_raw, "skip_auth": skip_auth, "wrong_refund": wrong_refund,
                                 "wrong_status": wrong_status, "injection": injection}  # fmt: skip
 ADVERSARIES = ("skip_auth", "wrong_refund", "wrong_status", "injection")
-__all__ = ["CHANGES", "PLANNERS", "Plan", "PlanRequest", "Planner", "PlannerModel", "Step"]
+__all__ = ["ADVERSARIES", "PLANNERS", "Plan", "PlanRequest", "Planner", "PlannerModel", "Step"]

@@ -311,7 +311,7 @@ class RetailStore:
             order = _touch_order(conn, touched, order_id)
             if order["status"] != "pending":
                 raise RecordError("Non-pending order cannot be modified")
-            diff, new_variants = _swap_plan(conn, order, item_ids, new_item_ids, require_different=True)
+            diff, new_variants = _swap_plan(conn, order, item_ids, new_item_ids)
             user = _touch_user(conn, touched, order["user_id"])
             pm = _method(user, payment_method_id)
             if pm["source"] == "gift_card" and _cents(pm["balance"]) < diff:
@@ -351,7 +351,7 @@ class RetailStore:
             order = _touch_order(conn, touched, order_id)
             if order["status"] != "delivered":
                 raise RecordError("Non-delivered order cannot be exchanged")
-            diff, _ = _swap_plan(conn, order, item_ids, new_item_ids, require_different=False)
+            diff, _ = _swap_plan(conn, order, item_ids, new_item_ids)
             pm = _method(_user(conn, order["user_id"]), payment_method_id)
             if pm["source"] == "gift_card" and _cents(pm["balance"]) < diff:
                 raise RecordError("Insufficient gift card balance to pay for the price difference")
@@ -585,15 +585,18 @@ def _check_counts(order: dict[str, Any], item_ids: list[str]) -> None:
 
 
 def _swap_plan(
-    conn: sa.Connection, order: dict[str, Any], item_ids: list[str], new_item_ids: list[str], *, require_different: bool
+    conn: sa.Connection, order: dict[str, Any], item_ids: list[str], new_item_ids: list[str]
 ) -> tuple[int, list[dict[str, Any]]]:
-    """The price difference in cents of swapping items for variants of the same products, and the variants."""
+    """The price difference in cents of swapping items for other variants of the same products, and the variants.
+
+    policy.md: "an available new item of the same product but of different product option", for
+    modifications and exchanges alike (τ²'s code checks the difference for modifications only)."""
     _check_counts(order, item_ids)
     if len(item_ids) != len(new_item_ids):
         raise RecordError("The number of items to be exchanged should match")
     diff, chosen = 0, []
     for old_id, new_id in zip(item_ids, new_item_ids, strict=True):
-        if require_different and old_id == new_id:
+        if old_id == new_id:
             raise RecordError("The new item id should be different from the old item id")
         item = next(i for i in order["items"] if i["item_id"] == old_id)
         row = conn.execute(sa.select(variants).where(variants.c.item_id == new_id, variants.c.product_id == item["product_id"])).first()
