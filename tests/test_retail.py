@@ -335,3 +335,14 @@ def test_invalid_plan_goes_back_to_the_planner(db: Database) -> None:
     r = rt.start(workflow, {"conversation_id": "c1", "request": "hi"}, started_by="ops")
     assert r.status == "escalated" and "no finished plan" in (r.error or "")  # refused every time, never executed
     rt.close()
+
+
+def test_policy_explain_takes_facts() -> None:
+    args = json.dumps({"order_id": "#W1", "reason": "no longer needed"})
+    facts = json.dumps(_facts(order_status="delivered"))
+    res = CliRunner().invoke(cli, ["policy", "explain", str(POLICY), "--tool", "retail.cancel_pending_order",
+                                   "--args", args, "--facts", facts, "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.output)["rules"] == ["cancel_only_pending"]
+    res = CliRunner().invoke(cli, ["policy", "explain", str(POLICY), "--tool", "retail.cancel_pending_order", "--facts", "[1]"])
+    assert res.exit_code == 1 and res.stderr == "error: --facts must be a JSON object, got list\n"
