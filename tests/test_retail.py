@@ -346,3 +346,17 @@ def test_policy_explain_takes_facts() -> None:
     assert json.loads(res.output)["rules"] == ["cancel_only_pending"]
     res = CliRunner().invoke(cli, ["policy", "explain", str(POLICY), "--tool", "retail.cancel_pending_order", "--facts", "[1]"])
     assert res.exit_code == 1 and res.stderr == "error: --facts must be a JSON object, got list\n"
+
+
+def test_plans_in_the_prompt_store_are_redacted(db: Database, cases: dict[str, Case]) -> None:
+    import sqlalchemy as sa
+
+    from tether.record.tables import prompts
+
+    rt, r = _start(db, cases["76"])  # the oracle authenticates by email
+    with db.read() as conn:
+        stored = [json.dumps(row.response) + json.dumps(row.request) for row in conn.execute(sa.select(prompts))]
+    rt.close()
+    email = next(s.args["email"] for s in complete(tau2_steps(cases["76"].meta["tau2_actions"]), RetailStore(db))
+                 if s.tool == "retail.find_user_id_by_email")  # fmt: skip
+    assert stored and all(email not in s for s in stored) and any("<email:" in s for s in stored)

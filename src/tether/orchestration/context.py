@@ -167,6 +167,8 @@ class RunContext(Generic[InputT, DepsT]):
         args = choice.args
         if choice.option in self.workflow.tools:
             args = red.args(self.workflow.tools.get(choice.option).schema, args)
+        elif args:  # free-form arguments (a plan, say) have no schema marks: scan their text
+            args = _scan_strings(red, args)
         self._journal.add_prompt(
             op, request.point, choice.model,
             {"options": request.options, "observation": observation, "instructions": red.text(request.instructions)},
@@ -337,6 +339,16 @@ class RunContext(Generic[InputT, DepsT]):
             self._end_tool_span(span, result, wait_s=_seconds_between(req.requested_at, req.decided_at))
         return result
 
+
+
+def _scan_strings(red: Any, value: Any) -> Any:
+    if isinstance(value, str):
+        return red.text(value)
+    if isinstance(value, dict):
+        return {k: _scan_strings(red, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scan_strings(red, v) for v in value]
+    return value
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
