@@ -156,17 +156,10 @@ class ScriptedPlanner:
     violating: list[Step] = field(default_factory=list)
 
     def plan(self, request: PlanRequest) -> Plan:
-        script = self.full_script(request)
-        return Plan(steps=script[len(request.history):], usage=_usage(request, script))
+        return Plan(steps=self.full_script(request)[len(request.history):])  # no model: no tokens
 
     def full_script(self, request: PlanRequest) -> list[Step]:
         return self.script
-
-
-def _usage(request: PlanRequest, steps: list[Step]) -> Usage:
-    # No model is called; tokens are counted as a model would see this text (about 4 characters a token).
-    seen = len(request.request) + sum(len(json.dumps(a.model_dump(), default=str)) for a in request.history)
-    return Usage(input_tokens=seen // 4, output_tokens=len(json.dumps([s.model_dump() for s in steps])) // 4)
 
 
 def oracle(actions: list[dict[str, Any]], store: RetailStore) -> ScriptedPlanner:
