@@ -23,29 +23,40 @@ from tether.cli._common import echo_json, json_option, one_line_errors, write_at
 @click.option("--out", default=None, help="Write the result JSON here.")
 @click.option("--html", "html_out", default=None, help="Write a self-contained HTML report here.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N cases.")
+@click.option("--planner", default=None, help="A planner the workflow's eval hooks provide (retail: oracle, skip_auth, ...).")
 @json_option
 @one_line_errors
 def eval_(golden: str, concurrency: int, gate: bool, thresholds: str | None, baseline: str | None,
           policy_file: str | None, workflow_ref: str | None, out: str | None, html_out: str | None,
-          limit: int | None, as_json: bool) -> None:  # fmt: skip
-    """Run a golden set and score actions and final state."""
-    from tether.evals.golden import check_cases, load_cases
+          limit: int | None, planner: str | None, as_json: bool) -> None:  # fmt: skip
+    """Run a golden set and score actions and final state.
+
+    GOLDEN is a JSONL golden set, or a task file the workflow named by --workflow imports
+    (the retail workflow reads τ²-bench task lists)."""
+    from tether.evals.golden import GoldenError, check_cases, load_suite
     from tether.evals.metrics import aggregate, apply_gates, compare, load_gates
     from tether.evals.report import html_report, terminal
     from tether.evals.runner import run_cases
     from tether.guardrails.loading import load_policy
 
-    cases = load_cases(golden)[:limit]
+    cases = load_suite(golden, workflow_ref)[:limit]
     gates = load_gates(thresholds)  # a bad thresholds file fails before any case runs
     policy = load_policy(policy_file) if policy_file else None
     check_cases(cases, workflow_ref)  # unknown workflows and tools fail before any case runs
+    if planner is not None:
+        from tether.orchestration.workflow import load
+
+        offered = tuple(getattr(load(workflow_ref or cases[0].workflow).evals, "planners", ()))
+        if planner not in offered:
+            raise GoldenError(f"unknown planner {planner!r} (this workflow offers: {', '.join(offered) or 'none'})")
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
             click.echo(f"\r  eval: {done}/{total} cases", err=True, nl=done == total)
 
     start = time.perf_counter()
-    results = run_cases(cases, concurrency=concurrency, policy=policy, workflow=workflow_ref, progress=progress)
+    results = run_cases(cases, concurrency=concurrency, policy=policy, workflow=workflow_ref, progress=progress,
+                        planner=planner)  # fmt: skip
     result = aggregate(results, source=Path(golden).name)
     result.wall_s = round(time.perf_counter() - start, 3)
     result.cases_per_s = round(len(results) / result.wall_s, 2) if result.wall_s else 0.0

@@ -53,18 +53,20 @@ def check(file: str, workflow_ref: str | None, strict: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--tool", "tool_name", required=True, help="Tool name, e.g. payments.refund.")
 @click.option("--args", "args_json", default="{}", show_default=True, help="The call's arguments as a JSON object.")
+@click.option("--facts", "facts_json", default=None, help="Facts the workflow established for the call, as a JSON object.")
 @_workflow
 @json_option
 @one_line_errors
-def explain(file: str, tool_name: str, args_json: str, workflow_ref: str | None, as_json: bool) -> None:
+def explain(file: str, tool_name: str, args_json: str, facts_json: str | None, workflow_ref: str | None, as_json: bool) -> None:
     """Print the decision FILE makes for one proposed call."""
     p = load_policy(file)
     args = parse_json_object(args_json, "--args")
+    context = {"facts": parse_json_object(facts_json, "--facts")} if facts_json is not None else None
     if workflow_ref:
         # The proxy would refuse these before the gate; say so instead of deciding.
         call = ToolCall(call_id="explain", tool=tool_name, args=args, proposer="cli")
         args = ToolProxy(load(workflow_ref).tools).validate(call)[1].model_dump(mode="json")
-    d = p.decide(tool_name, args)
+    d = p.decide(tool_name, args, context)
     if as_json:
         echo_json({"decision": d.action, **d.model_dump(), "tool": tool_name, "args": args})
         return
@@ -82,7 +84,7 @@ def explain(file: str, tool_name: str, args_json: str, workflow_ref: str | None,
 @json_option
 @one_line_errors
 def test_(file: str, cases_file: str, as_json: bool) -> None:
-    """Run table-driven policy tests: each case a tool, args, principal (and risk) and the decision it must get."""
+    """Run table-driven policy tests: each case a tool, args, principal (risk, facts) and the decision it must get."""
     import yaml
 
     p = load_policy(file)
@@ -104,6 +106,8 @@ def test_(file: str, cases_file: str, as_json: bool) -> None:
         context = {"principal": case.get("principal", "tester"), "tenant": case.get("tenant", "default")}
         if case.get("risk") is not None:
             context["risk"] = case["risk"]
+        if case.get("facts") is not None:
+            context["facts"] = case["facts"]
         d = p.decide(str(case["tool"]), case.get("args") or {}, context)
         ok = d.action == case["expect"] and (not case.get("rules") or sorted(case["rules"]) == sorted(d.rules))
         results.append({"name": name, "expected": case["expect"], "got": d.action, "rules": d.rules, "passed": ok})

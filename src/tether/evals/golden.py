@@ -5,7 +5,8 @@
      "input": {"ticket_id": "G-0001"},       the run's input
      "setup": {...},                         preconditions, put in place by the workflow's eval hooks
      "approvals": "approve",                 what the harness does with approval requests:
-                                             approve | deny | leave (default leave)
+                                             approve | deny | leave (default leave) | workflow
+                                             (the workflow's eval hooks decide, e.g. a simulated customer)
      "route": "cards",                       the expected route, for per-route accuracy (optional)
      "expected": {"status": "completed",     the run's final status (optional)
                   "match": "exact",          exact | subset | any_order
@@ -59,7 +60,7 @@ class Case(BaseModel):
     workflow: str
     input: dict[str, Any]
     setup: dict[str, Any] = {}
-    approvals: Literal["approve", "deny", "leave"] = "leave"
+    approvals: Literal["approve", "deny", "leave", "workflow"] = "leave"
     route: str | None = None
     expected: Expected = Expected()
     forbidden: list[ExpectedAction] = []
@@ -98,6 +99,32 @@ def load_cases(path: str | Path) -> list[Case]:
     if not cases:
         raise GoldenError(f"{p}: no cases")
     return cases
+
+
+def load_suite(path: str | Path, workflow: str | None = None) -> list[Case]:
+    """A golden set (JSONL), or a task file in another format (a JSON document, such as
+    τ²-bench's task lists) that the named workflow's eval hooks import (`import_cases`)."""
+    p = Path(path)
+    try:
+        head = p.read_text(encoding="utf-8").lstrip()[:1]
+    except FileNotFoundError:
+        raise GoldenError(f"{p}: golden-set file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GoldenError(f"{p}: cannot read ({e})") from None
+    if head != "[":
+        return load_cases(p)
+    if workflow is None:
+        raise GoldenError(f"{p}: a JSON list, not a JSONL golden set; name the workflow that imports it with --workflow")
+    from tether.orchestration.workflow import load
+
+    hooks = load(workflow).evals
+    if hooks is None or not hasattr(hooks, "import_cases"):
+        raise GoldenError(f"{p}: a JSON list, not a JSONL golden set, and workflow {workflow!r} imports no other format")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GoldenError(f"{p}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    return list(hooks.import_cases(p, data))
 
 
 def check_cases(cases: list[Case], workflow: str | None = None) -> None:

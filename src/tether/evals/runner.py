@@ -40,7 +40,9 @@ def _template(wf: Workflow[Any, Any], folder: Path) -> Path:
     return path
 
 
-def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, policy: Policy | None) -> CaseResult:
+def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, policy: Policy | None,
+             planner: str | None = None) -> CaseResult:  # fmt: skip
+    """`planner` names a planner the workflow's eval hooks build for the case (`planner(name, case, deps)`)."""
     path = folder / f"case-{abs(hash(case.id))}-{time.perf_counter_ns()}.db"
     shutil.copyfile(template, path)
     db = Database(f"sqlite:///{path}")
@@ -50,12 +52,19 @@ def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, p
         deps = runtime.deps(wf)
         if wf.evals is not None:
             wf.evals.setup(deps, case.setup)
+        if planner is not None:
+            model = wf.evals.planner(planner, case, deps)  # type: ignore[union-attr]
+            runtime.model = lambda: model
         r = runtime.start(wf, case.input, started_by=EVAL_USER)
         inbox = ApprovalInbox(db)
         for _ in range(_MAX_APPROVAL_ROUNDS):
             if r.status != "waiting_approval" or case.approvals == "leave":
                 break
-            inbox.decide(r.approval_id or "", approve=case.approvals == "approve", by=EVAL_APPROVER, reason="eval")
+            if case.approvals == "workflow":  # the workflow's hooks answer (e.g. a simulated customer)
+                approve, by, reason = wf.evals.decide_approval(case, inbox.get(r.approval_id or ""))  # type: ignore[union-attr]
+            else:
+                approve, by, reason = case.approvals == "approve", EVAL_APPROVER, "eval"
+            inbox.decide(r.approval_id or "", approve=approve, by=by, reason=reason)
             r = runtime.resume(r.run_id, wf)
         latency = (time.perf_counter() - start) * 1000
         with db.read() as conn:
@@ -80,10 +89,10 @@ def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, p
             p.unlink(missing_ok=True)
 
 
-def _worker(payload: tuple[dict[str, Any], str, str | None, str | None, str, str]) -> dict[str, Any]:
-    case_json, ref, policy_text, policy_source, template, folder = payload
+def _worker(payload: tuple[dict[str, Any], str, str | None, str | None, str, str, str | None]) -> dict[str, Any]:
+    case_json, ref, policy_text, policy_source, template, folder, planner = payload
     policy = policy_from_text(policy_text, policy_source or "<policy>") if policy_text is not None else None
-    return asdict(run_case(Case.model_validate(case_json), load(ref), Path(template), Path(folder), policy))
+    return asdict(run_case(Case.model_validate(case_json), load(ref), Path(template), Path(folder), policy, planner))
 
 
 def run_cases(
@@ -93,6 +102,7 @@ def run_cases(
     policy: Policy | None = None,
     workflow: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    planner: str | None = None,
 ) -> list[CaseResult]:
     """Run every case (in `concurrency` processes when above 1); results in case order."""
     refs = {c.id: workflow or c.workflow for c in cases}
@@ -104,13 +114,13 @@ def run_cases(
         if concurrency <= 1:
             for i, case in enumerate(cases):
                 ref = refs[case.id]
-                results.append(run_case(case, workflows[ref], templates[ref], folder, policy))
+                results.append(run_case(case, workflows[ref], templates[ref], folder, policy, planner))
                 if progress:
                     progress(i + 1, len(cases))
             return results
         payloads = [
             (c.model_dump(mode="json"), refs[c.id], policy.text if policy else None, policy.source if policy else None,
-             str(templates[refs[c.id]]), str(folder))
+             str(templates[refs[c.id]]), str(folder), planner)
             for c in cases
         ]  # fmt: skip
         with cf.ProcessPoolExecutor(max_workers=concurrency) as pool:

@@ -37,7 +37,7 @@ ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
 STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
 # Keys a rule may test besides a call's arguments, supplied by the gate (see decide).
-CONTEXT_KEYS = ("risk", "tenant", "principal", "trusted", "provenance")
+CONTEXT_KEYS = ("risk", "tenant", "principal", "trusted", "provenance", "facts")
 _FILE_KEYS = {"policies", "default", "description", "version", "include", "limits"}
 _RULE_KEYS = {"name", "if", "then", "description"}
 _THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
@@ -123,7 +123,8 @@ class PolicySet:
     def decide(self, tool: str, args: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> Decision:
         """The decision for a call. `context` supplies the reserved keys rules may test besides
         arguments: `risk` (the call's risk score), `tenant`, `principal`, `trusted` (every argument
-        from a trusted source) and `provenance.ARG` ("trusted" or "untrusted"; see guardrails.provenance)."""
+        from a trusted source), `provenance.ARG` ("trusted" or "untrusted"; see guardrails.provenance)
+        and `facts` (what the workflow's code established for this call; rules test `facts.NAME`)."""
         d = self._decide(tool, {**args, **(context or {})})
         risk = (context or {}).get("risk")
         return d.model_copy(update={"risk": risk}) if risk is not None else d

@@ -100,6 +100,8 @@ class Journal:
             data["risk_context"] = call.risk_context
         if call.provenance:  # source names and trust only, never values: safe for the ledger
             data["provenance"] = call.provenance
+        if call.facts:
+            data["facts"] = call.facts
         if error:
             data["error"] = error
         # The journal keeps the call as made (replay needs it); the ledger only what compliance needs.

@@ -83,6 +83,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._history = history  # (tenant, tool) -> never executed for this tenant before?
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
+        self._reads: set[str] = set()  # keys of read-only calls since the last side effect
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
         self._deadline = deadline
         self.provenance = Provenance()
@@ -192,6 +193,8 @@ class RunContext(Generic[InputT, DepsT]):
         args = choice.args
         if choice.option in self.workflow.tools:
             args = red.args(self.workflow.tools.get(choice.option).schema, args)
+        elif args:  # free-form arguments (a plan, say) have no schema marks: scan their text
+            args = _scan_strings(red, args)
         self._journal.add_prompt(
             op, request.point, choice.model,
             {"options": request.options, "observation": observation, "instructions": red.text(request.instructions)},
@@ -252,14 +255,20 @@ class RunContext(Generic[InputT, DepsT]):
         *,
         proposer: str | None = None,
         risk: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> ToolResult:
         """Propose a tool call through the proxy. `risk` adds features to its risk score:
-        `customer_tier` (standard, premium, metal) and `confidence` (of the choice behind it)."""
+        `customer_tier` (standard, premium, metal) and `confidence` (of the choice behind it).
+        `facts` are what this workflow's code established from earlier results (never what a
+        model said): policies test them as `facts.NAME`, the tool reads them as `ctx.facts`."""
         op = self._next_op()
         plain = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
-        call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}")
+        call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}",
+                        facts=dict(facts or {}))  # fmt: skip
         self._check_loop(call)
-        return self._propose(call, risk, self._info())
+        result = self._propose(call, risk, self._info())
+        self._after(call, result)
+        return result
 
     def _propose(self, call: ToolCall, risk: Mapping[str, Any] | None, info: RunInfo) -> ToolResult:
         t = self.workflow.tools.get(call.tool) if call.tool in self.workflow.tools else None
@@ -359,6 +368,16 @@ class RunContext(Generic[InputT, DepsT]):
             raise self._end("loop_detected", f"repeated identical call {call.tool}({call.args}) at op {call.call_id}")
         self._seen_calls.add(key)
 
+    def _after(self, call: ToolCall, result: ToolResult) -> None:
+        """A read repeated after a change is a new question, not a loop: once a side effect
+        happened, earlier reads may be asked again (a repeated change still ends the run)."""
+        tools = self.workflow.tools
+        if result.ok and call.tool in tools and tools.get(call.tool).side_effect:
+            self._seen_calls -= self._reads
+            self._reads = set()
+        elif call.tool in tools and not tools.get(call.tool).side_effect:
+            self._reads.add(digest([call.tool, call.args]))
+
     def _replay_call(self, call: ToolCall, recorded: list[Any], info: RunInfo | None = None) -> ToolResult | None:
         """The recorded result, the run resumed past an approval, or None to run live."""
         first = recorded[0]
@@ -390,6 +409,16 @@ class RunContext(Generic[InputT, DepsT]):
             self._end_tool_span(span, result, wait_s=_seconds_between(req.requested_at, req.decided_at))
         return result
 
+
+
+def _scan_strings(red: Any, value: Any) -> Any:
+    if isinstance(value, str):
+        return red.text(value)
+    if isinstance(value, dict):
+        return {k: _scan_strings(red, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scan_strings(red, v) for v in value]
+    return value
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:

@@ -54,7 +54,11 @@ Next = str | End
 
 
 class EvalHooks(Protocol[DepsT_contra]):
-    """What `tether eval` needs from a workflow to score runs on their final state."""
+    """What `tether eval` needs from a workflow to score runs on their final state.
+
+    Optional, looked up when used: `import_cases(path, data)` (a task file in another format
+    than JSONL), `planners` (names) and `planner(name, case, deps)` (`--planner`), and
+    `decide_approval(case, request) -> (approve, by, reason)` (cases with approvals "workflow")."""
 
     def setup(self, deps: DepsT_contra, setup: dict[str, Any]) -> None:
         """Put a case's preconditions into the systems of record (a fresh copy per case)."""

@@ -32,6 +32,8 @@ class ToolCall(BaseModel):
     # Per argument: {"trust": "trusted"|"untrusted", "sources": [...]} (guardrails.provenance).
     # None: nobody traced the arguments, so the gate treats every one as untrusted.
     provenance: dict[str, dict[str, Any]] | None = None
+    # What the workflow's own code established (never the model): policies test it as `facts.NAME`.
+    facts: dict[str, Any] = {}
 
 
 class ToolResult(BaseModel):

@@ -143,7 +143,8 @@ class ToolProxy:
             rc = call.risk_context
             risk = score(features_for(t, clean, rc, bool(rc.get("novel"))))
             trust = _trust(call, clean)
-            decision = policy.decide(t.name, clean, {"risk": risk, "tenant": run.tenant, "principal": call.proposer, **trust})
+            context = {"risk": risk, "tenant": run.tenant, "principal": call.proposer, **trust}
+            decision = policy.decide(t.name, clean, {**context, "facts": call.facts} if call.facts else context)
             untrusted = [a for a, v in trust["provenance"].items() if v == "untrusted"]
             if untrusted:
                 decision = decision.model_copy(update={"untrusted_args": untrusted})
@@ -183,9 +184,10 @@ class ToolProxy:
             rules=tuple(decision.rules),
             approval_id=approval.id if approval else None,
             credential=token,
+            approved_by=approval.by if approval else None,
         )
         ctx = ToolContext(deps=deps, run_id=run.run_id, step=run.step, call_id=call.call_id, tenant=run.tenant,
-                          grant=grant, verifier=self.credentials, secrets=self.secrets)  # fmt: skip
+                          grant=grant, verifier=self.credentials, secrets=self.secrets, facts=call.facts)  # fmt: skip
         status, output, error, ms = self._executor(t, ctx, args)
         too_big = result_too_big(limits, t.name, output) if limits and status == "ok" else None
         if too_big:  # the result is withheld: nothing over the limit reaches the run or the records

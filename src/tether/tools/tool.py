@@ -19,7 +19,7 @@ import inspect
 import re
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -48,6 +48,7 @@ class Grant:
     rules: tuple[str, ...]
     approval_id: str | None = None
     credential: str | None = None  # the transaction-scoped token for this call
+    approved_by: str | None = None  # who approved it, when the gate asked a person
 
 
 
@@ -63,6 +64,7 @@ class ToolContext(Generic[DepsT]):
     grant: Grant
     verifier: Any = None  # tether.tools.credentials.Credentials, or None when the proxy mints none
     secrets: Any = None  # tether.tools.secrets.SecretStore: the only way a tool gets upstream credentials
+    facts: Mapping[str, Any] = field(default_factory=dict)  # the facts the gate decided on (ToolCall.facts)
 
     def check_credential(self, target: object = "") -> dict[str, Any]:
         """Refuse unless this call's credential is valid, unused, and for this tool and `target`.
