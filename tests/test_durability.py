@@ -120,7 +120,7 @@ class Hold(Args):
     what: str
 
 
-@tool("stock.hold", compensate=("stock.release", lambda args, out: {"what": args["what"]}))
+@tool("stock.hold", compensate=("stock.release", lambda args, out, key: {"what": args["what"]}))
 def hold(ctx: ToolContext[World], args: Hold) -> dict[str, Any]:
     """Hold stock (undone by stock.release)."""
     return ctx.deps.apply(ctx.idempotency_key, "hold", args.what)

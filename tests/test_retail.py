@@ -360,3 +360,29 @@ def test_plans_in_the_prompt_store_are_redacted(db: Database, cases: dict[str, C
     email = next(s.args["email"] for s in complete(tau2_steps(cases["76"].meta["tau2_actions"]), RetailStore(db))
                  if s.tool == "retail.find_user_id_by_email")  # fmt: skip
     assert stored and all(email not in s for s in stored) and any("<email:" in s for s in stored)
+
+
+def test_cancelling_a_run_reverts_the_changes_the_customer_confirmed(db: Database, cases: dict[str, Case]) -> None:
+    """Compensation on the retail store: staff approve each revert, then the store is as it was."""
+    changes = ("cancel_pending_order", "modify_pending", "return_delivered", "exchange_delivered", "modify_user")
+    case = next(c for c in cases.values()
+                if sum(a["name"].startswith(changes) for a in c.meta["tau2_actions"]) >= 2)  # fmt: skip
+    rt, r = _start(db, case)
+    inbox = ApprovalInbox(db)
+    first = inbox.get(r.approval_id or "")
+    who = f"customer:{case.meta['user_id']}"
+    inbox.decide(first.id, approve=True, by=who, reason="yes")
+    r = rt.resume(r.run_id, workflow)
+    assert r.status == "waiting_approval" and r.approval_id != first.id  # the second change awaits its yes
+    assert len(changed_state(rt.deps(workflow))["changed"]) >= 1
+
+    r = rt.cancel(r.run_id, workflow, by="ops", reason="customer hung up")
+    assert r.status == "waiting_approval", r.error  # the revert waits for staff (compensation_needs_staff)
+    revert = inbox.get(r.approval_id or "")
+    assert revert.tool == "retail.revert_change" and revert.proposer == "compensation:retail"
+    inbox.decide(revert.id, approve=True, by="lead", reason="revert")
+    r = rt.resume(r.run_id, workflow)
+    assert r.status == "cancelled" and "compensated 1 of 1 effects" in (r.error or ""), r.error
+    assert changed_state(rt.deps(workflow))["changed"] == []
+    rt.close()
+

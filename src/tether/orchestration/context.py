@@ -23,7 +23,7 @@ from tether.record.canonical import digest
 from tether.record.tracing import RUN_ID
 from tether.tools.calls import ToolCall, ToolResult
 from tether.tools.proxy import Approval, RunInfo, ToolProxy
-from tether.tools.tool import Tool
+from tether.tools.tool import Tool, idempotency_key
 
 if TYPE_CHECKING:
     from tether.orchestration.workflow import Workflow
@@ -298,12 +298,15 @@ class RunContext(Generic[InputT, DepsT]):
             proposal = next(e for e in self._journal.replayed(ev.call_id or "") if e.kind == "proposal")
             name, make_args = t.compensate
             try:
-                args = make_args(dict(proposal.data["args"]), ev.data["output"])
+                args = make_args(dict(proposal.data["args"]), ev.data["output"],
+                                 idempotency_key(self.id, proposal.step, ev.call_id or ""))
             except Exception as e:  # noqa: BLE001 - a broken compensation is reported, the others still run
                 undone.append(ToolResult(call_id=f"undo:{ev.call_id}", tool=name, status="invalid",
                                          error=f"compensation arguments for {t.name} failed: {type(e).__name__}: {e}"))  # fmt: skip
                 continue
-            call = ToolCall(call_id=f"undo:{ev.call_id}", tool=name, args=args, proposer=f"compensation:{self.workflow.name}")
+            # The undo is judged on what the code had established for the call it undoes.
+            call = ToolCall(call_id=f"undo:{ev.call_id}", tool=name, args=args, proposer=f"compensation:{self.workflow.name}",
+                            facts=dict(proposal.data.get("facts") or {}))  # fmt: skip
             undone.append(self._propose(call, None, RunInfo(run_id=self.id, step=proposal.step, tenant=self.tenant)))
         return undone
 

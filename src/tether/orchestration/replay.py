@@ -200,7 +200,7 @@ def replay(
     stopped = error = None
     try:
         status, error = _run(wf, ctx, cancelled=any(e.kind == "cancel" for e in events))
-        if status in (*store.FAILED_STATUSES, store.CANCELLED):
+        if status in wf.compensate_on:
             ctx.compensate()
     except Suspend:
         status = "waiting_approval"

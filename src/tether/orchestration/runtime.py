@@ -260,7 +260,7 @@ class Runtime:
                     status, outcome, error = "failed", None, str(e)
                 except Exception as e:  # noqa: BLE001 - a bug in state code fails the run, not the process
                     status, outcome, error = "failed", None, f"{type(e).__name__}: {e}"
-                if status in (*FAILED_STATUSES, CANCELLED):
+                if status in workflow.compensate_on:
                     try:
                         undone = ctx.compensate()
                     except Suspend as s:  # a compensation waits for a person; the run resumes into it

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 from pydantic import BaseModel
 
 from tether.errors import WorkflowError
+from tether.record.runs import CANCELLED, FAILED_STATUSES
 from tether.models.base import Model
 from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Tool
@@ -98,6 +99,7 @@ class Workflow(Generic[InputT, DepsT]):
         evals: EvalHooks[DepsT] | None = None,
         trusted_input: Iterable[str] = (),
         deadline_s: float | None = None,
+        compensate_on: Iterable[str] | None = None,
     ) -> None:
         if max_steps < 1 or max_calls_per_step < 1:
             raise WorkflowError(f"workflow {name}: max_steps and max_calls_per_step must be at least 1")
@@ -119,6 +121,9 @@ class Workflow(Generic[InputT, DepsT]):
         # Seconds a run may spend running, summed over its segments; time spent waiting
         # for a person does not count (approvals expire by their own rule).
         self.deadline_s = deadline_s
+        # Run endings after which the run's effects are undone (tools' `compensate=`):
+        # by default every failure and a cancellation.
+        self.compensate_on = frozenset((*FAILED_STATUSES, CANCELLED) if compensate_on is None else compensate_on)
         self.ref = ref or name
         self.states: dict[str, State] = {}
         self.initial: str | None = None
@@ -182,7 +187,7 @@ class Workflow(Generic[InputT, DepsT]):
     def _compute_version(self) -> str:
         h = hashlib.sha256()
         h.update(f"{self.name}|{self.max_steps}|{self.max_calls_per_step}|{self.initial}".encode())
-        h.update(f"|trusted:{sorted(self.trusted_input)}|deadline:{self.deadline_s}".encode())
+        h.update(f"|trusted:{sorted(self.trusted_input)}|deadline:{self.deadline_s}|undo:{sorted(self.compensate_on)}".encode())
         for s in sorted(self.states.values(), key=lambda s: s.name):
             h.update(f"|{s.name}>{','.join(s.goes_to)}|".encode())
             h.update(_source(s.fn).encode())

@@ -79,7 +79,15 @@ class ToolContext(Generic[DepsT]):
     @property
     def idempotency_key(self) -> str:
         """Stable for (run, step, call): a retried or resumed call reuses it."""
-        return hashlib.sha256(f"{self.run_id}/{self.step}/{self.call_id}".encode()).hexdigest()[:32]
+        return idempotency_key(self.run_id, self.step, self.call_id)
+
+
+def idempotency_key(run_id: str, step: int, call_id: str) -> str:
+    return hashlib.sha256(f"{run_id}/{step}/{call_id}".encode()).hexdigest()[:32]
+
+
+# The compensating call's arguments from the undone call's (arguments, output, idempotency key).
+Compensation = Callable[[dict[str, Any], Any, str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,8 @@ class Tool:
     # hold outside text (a merchant's descriptor, a customer's message).
     untrusted_output: bool | tuple[str, ...]
     retry: RetryPolicy
-    # (compensating tool, args from (this call's args, its output)): how to undo this call's effect
-    compensate: tuple[str, Callable[[dict[str, Any], Any], dict[str, Any]]] | None
+    # (compensating tool, its args from (this call's args, output, idempotency key)): how to undo this call's effect
+    compensate: tuple[str, Compensation] | None
     _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
     _validator: jsonschema.protocols.Validator = field(repr=False)
 
@@ -169,7 +177,7 @@ def tool(
     retry_timeouts: bool = False,
     backoff_s: float = 0.2,
     max_backoff_s: float = 10.0,
-    compensate: tuple[str, Callable[[dict[str, Any], Any], dict[str, Any]]] | None = None,
+    compensate: tuple[str, Compensation] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs)."""
     if not _NAME.match(name):
@@ -182,7 +190,7 @@ def tool(
         raise ToolError(f"tool {name}: retries and backoff_s must be >= 0 and max_backoff_s >= backoff_s")
     retry = RetryPolicy(retries + 1, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s)
     if compensate is not None and not (len(compensate) == 2 and _NAME.match(compensate[0]) and callable(compensate[1])):
-        raise ToolError(f"tool {name}: compensate must be (tool name, function of (args, output) -> args)")
+        raise ToolError(f"tool {name}: compensate must be (tool name, function of (args, output, key) -> args)")
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         params = list(inspect.signature(fn).parameters)

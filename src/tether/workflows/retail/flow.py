@@ -74,6 +74,9 @@ workflow: Workflow[Conversation, RetailStore] = Workflow(
     max_steps=2 * MAX_PLANS + 1,
     max_calls_per_step=MAX_PLAN_STEPS + 1,
     evals=_evals(),
+    # A run that ends `failed` because the gate denied a call keeps the changes the customer
+    # confirmed before it; a cancelled run, or one the runtime ends, has them reverted.
+    compensate_on=("cancelled", "budget_exhausted", "loop_detected", "deadline_exceeded"),
     description="Retail order support on τ²-bench's retail domain: a planner plans, the executor runs the plan through the gate.",
 )
 Run = RunContext[Conversation, RetailStore]

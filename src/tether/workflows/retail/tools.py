@@ -15,13 +15,15 @@ Every change passes the proxy's idempotency key to the store.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from tether.guardrails.approvals import same_principal
 from tether.record.redaction import PII
-from tether.tools.tool import Args, ToolContext, tool
+from tether.tools.tool import Args, Tool, ToolContext, tool
 from tether.workflows.retail.store import RecordError, RetailStore, calculate
 
 Ctx = ToolContext[RetailStore]
@@ -274,12 +276,21 @@ def revert_change(ctx: Ctx, args: RevertArgs) -> dict[str, Any]:
     return ctx.deps.revert(ctx.idempotency_key, args.change_id)
 
 
-PLANNER_TOOLS = [
+def _revert_args(args: dict[str, Any], output: Any, key: str) -> dict[str, Any]:
+    return {"change_id": key}  # the store keeps every change under the idempotency key of its call
+
+
+def _undone_by_revert(t: Tool) -> Tool:
+    """Every change the store records can be reverted by `retail.revert_change`; a transfer cannot."""
+    if not t.side_effect or t is transfer_to_human_agents:
+        return t
+    return dataclasses.replace(t, compensate=(revert_change.name, _revert_args))
+
+
+PLANNER_TOOLS = [_undone_by_revert(t) for t in (
     find_user_id_by_email, find_user_id_by_name_zip, get_user_details, get_order_details, get_product_details,
     get_item_details, list_all_product_types, calculate_tool, cancel_pending_order, modify_pending_order_address,
     modify_pending_order_payment, modify_pending_order_items, return_delivered_order_items, exchange_delivered_order_items,
     modify_user_address, transfer_to_human_agents,
-]  # fmt: skip
+)]  # fmt: skip
 TOOLS = [*PLANNER_TOOLS, revert_change]
-# The changes each compensating call undoes (for the runtime's compensation hook, issue 3).
-COMPENSATIONS = {t.name: revert_change.name for t in PLANNER_TOOLS if t.side_effect and t.name != transfer_to_human_agents.name}

@@ -187,7 +187,7 @@ def post(ctx: Ctx, args: PostArgs) -> dict[str, Any]:
 
 
 @tool("payments.refund", target="transaction_id", risk_tier="high", risk_amount="amount_usd",
-      compensate=("payments.reverse_refund", lambda args, out: {"refund_id": out["refund_id"], "ticket_id": args["ticket_id"]}))
+      compensate=("payments.reverse_refund", lambda args, out, key: {"refund_id": out["refund_id"], "ticket_id": args["ticket_id"]}))
 def refund(ctx: Ctx, args: RefundArgs) -> dict[str, Any]:
     """Refund (part of) a transaction to the customer's account."""
     ctx.check_credential(args.transaction_id)
@@ -196,7 +196,7 @@ def refund(ctx: Ctx, args: RefundArgs) -> dict[str, Any]:
 
 
 @tool("cards.freeze", target="card_id", risk_tier="high",
-      compensate=("cards.restore", lambda args, out: {"card_id": args["card_id"], "ticket_id": args["ticket_id"],
+      compensate=("cards.restore", lambda args, out, key: {"card_id": args["card_id"], "ticket_id": args["ticket_id"],
                                                       "status": out["was"]}))
 def freeze(ctx: Ctx, args: FreezeArgs) -> dict[str, Any]:
     """Freeze a card so no new payment can be made with it."""
