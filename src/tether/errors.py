@@ -45,3 +45,11 @@ class ApprovalError(TetherError):
 
 class RunNotFound(TetherError):
     pass
+
+
+class WorkflowKilled(WorkflowError):
+    """The workflow's kill switch is on: new runs are refused."""
+
+
+class AccessDenied(TetherError):
+    """An API key that is missing, unknown, revoked, or acting outside its role."""

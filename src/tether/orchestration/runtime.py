@@ -24,6 +24,7 @@ from tether.guardrails.approvals import principal
 from tether.guardrails.loading import Policy, policy_from_text
 from tether.models.base import Model
 from tether.orchestration._journal import Journal
+from tether.orchestration import rollout
 from tether.orchestration.context import EndRun, RunContext, Suspend
 from tether.orchestration.workflow import End, Workflow
 from tether.record import ledger
@@ -101,6 +102,7 @@ class Runtime:
         run_id = run_id or "run_" + secrets.token_hex(8)
         plain_input = parsed.model_dump(mode="json")
         with self.db.transaction() as conn:
+            rollout.refuse_if_killed(conn, workflow.name)
             loaded = store.store_policy(conn, policy.hash, policy.source, policy.text)
             if loaded:  # a new policy version is an audited event
                 ledger.append(conn, "policy_loaded", loaded)
@@ -190,7 +192,7 @@ class Runtime:
         try:
             with trace.use_span(root, end_on_exit=False):
                 try:
-                    end = drive(workflow, ctx)
+                    end = drive(workflow, ctx, halted=lambda: rollout.kill_reason(self.db, workflow.name))
                     status, outcome, error = end.status, end.outcome, end.error
                 except Suspend as s:
                     status, outcome, error, approval_id = WAITING, None, None, s.approval_id
@@ -276,14 +278,18 @@ class Runtime:
         return self._models[workflow.name]
 
 
-def drive(workflow: Workflow[Any, Any], ctx: RunContext[Any, Any]) -> End:
-    """Walk the state machine from its initial state; the step budget bounds the walk."""
+def drive(workflow: Workflow[Any, Any], ctx: RunContext[Any, Any], halted: Callable[[], str | None] | None = None) -> End:
+    """Walk the state machine from its initial state; the step budget bounds the walk.
+
+    `halted` is asked before every step: a reason ends the run as `halted` (the kill switch)."""
     state = workflow.initial or ""
     step = 0
     while True:
         step += 1
         if step > workflow.max_steps:
             raise EndRun("budget_exhausted", f"step budget of {workflow.max_steps} steps used up in {state!r}")
+        if halted is not None and (why := halted()):
+            raise EndRun(store.HALTED, f"halted before step {step} ({state!r}) by the kill switch: {why}")
         ctx._enter(state, step)
         nxt = workflow.states[state].fn(ctx)
         if ctx._ended:  # the state caught the end of its run and carried on
