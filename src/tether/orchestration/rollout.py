@@ -135,13 +135,13 @@ def start(db: Database, workflow: str, candidate_ref: str, *, by: str, steps: Se
         raise WorkflowError("a rollout needs a routing key field (e.g. ticket_id)")
     with db.read() as conn:
         current = _get(conn, workflow)
+    if current is not None and current.candidate_ref and current.percent > 0:
+        raise WorkflowError(f"a rollout of {current.candidate_ref} is under way at {current.percent}%; "
+                            "promote or roll it back first")  # fmt: skip
     stable = _named(current.stable_ref if current else workflow, workflow)
     candidate = _named(candidate_ref, workflow)
     if candidate.version == stable.version:
         raise WorkflowError(f"{candidate_ref} is the same version ({candidate.version}) as the stable {stable.ref}")
-    if current is not None and current.candidate_ref and current.percent > 0:
-        raise WorkflowError(f"a rollout of {current.candidate_ref} is under way at {current.percent}%; "
-                            "promote or roll it back first")  # fmt: skip
     with db.transaction() as conn:
         r = _write(conn, _get(conn, workflow), workflow, by, stable_ref=stable.ref, candidate_ref=candidate.ref,
                    percent=steps[0], steps=steps, key_field=key_field)  # fmt: skip
