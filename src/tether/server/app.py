@@ -1,7 +1,7 @@
 """The REST API (FastAPI) and the dashboard page. `create_app(db)` builds it; `tether serve` runs it.
 
 Every endpoint names the roles that may call it (`x-roles` in the OpenAPI document);
-only /healthz and the dashboard's login page answer without a key. Errors are
+only /healthz, the dashboard's login page and the OpenAPI document answer without a key. Errors are
 `{"error": "one line"}` with the status that fits: 401 no or bad key, 403 a role or
 scope that does not reach, 404 unknown ids, 409 a state that forbids the change,
 400 malformed JSON, 413 an oversized body, 422 a body or query that fails validation.
@@ -153,6 +153,8 @@ def create_app(db: Database, *, max_body: int = MAX_BODY) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN; the spec itself is at /openapi.json
+        redoc_url=None,
         title="tether control plane",
         version="1",
         description="Runs, approvals, ledger, evals, costs, policies, workflow versions, rollout and kill switches. "
