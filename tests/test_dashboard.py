@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from click.testing import CliRunner
+
 from _server import LiveServer, add_ticket, refund_customers, waiting_refund
+from tether.cli import cli
 from tether.orchestration.runtime import Runtime
 from tether.record.db import Database
 from tether.server.app import create_app
@@ -21,6 +24,7 @@ from tether.workflows.triage import systems
 from tether.workflows.triage.flow import workflow
 
 CHROMIUM = "/usr/bin/chromium"
+GOLDEN = Path(__file__).resolve().parents[1] / "evals" / "support_triage.jsonl"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]  # fmt: skip
 
@@ -56,6 +60,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def _page(site: dict[str, Any], who: str | None) -> Any:
     page = site["browser"].new_page(viewport={"width": 1280, "height": 860})
+    page.errors = []  # a script error anywhere fails the test that made it
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.goto(site["url"] + "/")
     if who:
         page.fill("#key", site["keys"][who])
@@ -98,6 +104,7 @@ def test_sign_in_approve_a_waiting_refund_and_watch_the_run_finish(site: dict[st
         shutil.copy(tmp_path / "3-timeline.png", Path(os.environ["TETHER_SCREENSHOTS"]) / "dashboard-timeline.png")
     with site["db"].read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(systems.refunds)).scalar() == 1
+    assert page.errors == []
     page.close()
 
 
@@ -127,4 +134,18 @@ def test_runs_ledger_costs_and_kill_switch_as_admin(site: dict[str, Any], tmp_pa
     page.screenshot(path=tmp_path / "6-killed.png")
     page.click("[data-wf=support_triage] button[data-do=restore]")
     page.wait_for_selector("[data-wf=support_triage] button[data-do=kill]")
+
+    page.click("#tabs button[data-tab=evals]")
+    page.wait_for_selector("text=No eval results stored yet")
+    url = site["db"].url.render_as_string(hide_password=False)
+    res = CliRunner().invoke(cli, ["eval", str(GOLDEN), "--limit", "3", "--db", url, "--json"])
+    assert res.exit_code == 0, res.stderr
+    page.click("#tabs button[data-tab=runs]")
+    page.click("#tabs button[data-tab=evals]")
+    page.wait_for_selector("text=Accuracy by route")
+    text = page.inner_text("main")
+    assert "support_triage.jsonl · 3 cases" in text and "task success" in text and "gate passed" in text
+    assert page.locator("main .bar").count() >= 5  # the charts
+    page.screenshot(path=tmp_path / "7-evals.png", full_page=True)
+    assert page.errors == []
     page.close()

@@ -4,6 +4,9 @@ ledger, rollout and kill switch, evals and costs, bad input and abuse, and a sch
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +78,34 @@ def test_contract_health_spec_and_no_anonymous_access(env: Env) -> None:
         for bad in ("nope", "tth_abc", "tth_000000000000_forged", env.keys["root"] + "x"):
             r = c.get("/api/runs", headers={"Authorization": f"Bearer {bad}"})
             assert r.status_code == 401 and r.json()["error"] in ("unknown API key", "malformed API key (keys look like tth_…)")
+
+
+def test_tether_serve_from_the_command_line(db_url: str, tmp_path: Path) -> None:
+    """The contract for outside checks, on a real `tether serve` process."""
+    Database(db_url).dispose()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tether", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", db_url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "tether serve did not come up"
+                time.sleep(0.1)
+        assert httpx.get(url + "/openapi.json").json()["info"]["title"] == "tether control plane"
+        r = httpx.get(url + "/api/runs")
+        assert r.status_code == 401 and r.json()["error"].startswith("an API key is required")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    res = CliRunner().invoke(cli, ["serve", "--port", "70000", "--db", db_url])
+    assert res.exit_code != 0 and "70000 is not in the range" in res.output + res.stderr
 
 
 def test_keys_are_printed_once_and_stored_hashed(env: Env, db_url: str) -> None:

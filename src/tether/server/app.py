@@ -111,8 +111,10 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await _too_large(self.limit, send)
+        if declared is not None and not declared.isdigit():
+            return await _refuse(400, "bad Content-Length header", send)
+        if declared is not None and int(declared) > self.limit:
+            return await _refuse(413, f"request body over {self.limit} bytes", send)
         chunks, size, more = [], 0, True
         while more:
             msg = await receive()
@@ -122,7 +124,7 @@ class BodyLimit:
             size += len(chunks[-1])
             more = msg.get("more_body", False)
             if size > self.limit:
-                return await _too_large(self.limit, send)
+                return await _refuse(413, f"request body over {self.limit} bytes", send)
         body, sent = b"".join(chunks), False
 
         async def replay() -> Any:
@@ -135,9 +137,9 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _too_large(limit: int, send: Any) -> None:
-    body = JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413).body
-    await send({"type": "http.response.start", "status": 413,
+async def _refuse(status: int, message: str, send: Any) -> None:
+    body = JSONResponse({"error": message}, status_code=status).body
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
     await send({"type": "http.response.body", "body": body})
 
