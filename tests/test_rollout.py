@@ -50,6 +50,8 @@ def test_route_follows_the_split(db: Database) -> None:
     for k, ref in picks.items():
         assert ref == ("_patched_triage:other_reply" if rollout.bucket("support_triage", k) < 5000 else "support_triage")
     assert rollout.route(db, base, {"customer_id": "C0001", "text": "hi"}).ref == "support_triage"  # no key: stable
+    unchanged = load("_patched_triage:unchanged")
+    assert rollout.route(db, unchanged, {"ticket_id": "T-1"}) is unchanged  # asked for by its own ref
     with pytest.raises(WorkflowError, match="under way at 50%"):
         rollout.start(db, "support_triage", "_patched_triage:unchanged", by="ops")
     rollout.rollback(db, "support_triage", by="ops", reason="replies look wrong")

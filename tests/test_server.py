@@ -149,6 +149,32 @@ def test_roles_out_of_scope_change_nothing(env: Env) -> None:
     assert env.head() == before
 
 
+def test_every_endpoint_admits_exactly_the_roles_it_declares(env: Env) -> None:
+    with env.client() as c:
+        spec = c.get("/openapi.json").json()
+    people = {"operator": "olga", "approver": "alice", "auditor": "audrey", "admin": "root"}
+    values = {"workflow": "wf_x", "run_id": "run_x", "approval_id": "apr_x", "policy_hash": "abc", "eval_id": "999999"}
+    before = env.head()
+    checked = 0
+    clients = {role: env.client(who) for role, who in people.items()}
+    for path, ops in spec["paths"].items():
+        if not path.startswith("/api/"):
+            continue
+        url = path.format(**values)
+        for method, op in ops.items():
+            for role, c in clients.items():
+                r = c.request(method.upper(), url, json={} if method == "post" else None)
+                if role in op["x-roles"]:
+                    assert r.status_code not in (401, 403), (role, method, path, r.text)
+                else:
+                    assert r.status_code == 403 and f"role {role} may not" in r.json()["error"], (role, method, path, r.text)
+                checked += 1
+    for c in clients.values():
+        c.close()
+    assert checked >= 80
+    assert env.head()[1] == before[1]  # no run started by any of it
+
+
 def test_approve_through_the_api_with_segregation_of_duties(env: Env) -> None:
     tid = add_ticket(env.db, "T-api-1", env.customers[0])
     with env.client("intake") as c:  # the operator key named intake starts the run

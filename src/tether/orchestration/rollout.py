@@ -90,11 +90,12 @@ def refuse_if_killed(conn: sa.Connection, workflow: str) -> None:
 def route(db: Database, base: Workflow[Any, Any], input: Any) -> Workflow[Any, Any]:
     """The version a new run of `base`'s workflow should use, by its routing key.
 
-    Without a rollout the workflow asked for runs. An input without the routing key
-    goes to the stable version: a run the split cannot place stays on known code."""
+    Without a rollout, or when a version is asked for by its own module:attribute, the
+    workflow asked for runs. An input without the routing key goes to the stable
+    version: a run the split cannot place stays on known code."""
     r = get(db, base.name)
-    if r is None:
-        return base
+    if r is None or base.ref not in (r.workflow, r.stable_ref):
+        return base  # no rollout, or a version asked for by its own module:attribute
     stable = base if r.stable_ref == base.ref else load(r.stable_ref)
     if not r.candidate_ref or r.percent <= 0:
         return stable
