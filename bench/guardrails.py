@@ -60,6 +60,28 @@ def main() -> None:
     consume = per_call_us(lambda: creds.verify(next(it), tool="payments.refund", target="X1"), n=500)
     print(f"credential: mint {mint:.1f} us, verify {verify:.1f} us, verify and mark used (durable, SQLite) {consume:.1f} us")
 
+    # Provenance: tracing a refund's arguments back through what a triage run has seen.
+    from tether.guardrails.limits import RateLimiter, SharedRateLimiter
+    from tether.guardrails.provenance import Provenance
+    from tether.workflows.triage.tools import TOOLS
+
+    seen = Provenance()
+    seen.add({"ticket_id": "T1", "customer_id": "C0001"}, "input", "trusted")
+    seen.add({"text": "I was charged twice for 25.99 at ACME on card X000101, please refund it " * 3}, "input", "untrusted")
+    lookup = {"transactions": [{"transaction_id": f"X{i:06d}", "amount_usd": i + 0.99, "description": f"MERCHANT {i}"}
+                               for i in range(40)]}  # fmt: skip
+    seen.add(lookup, "tool:crm.lookup_customer", "trusted", ("description",))
+    refund = {"transaction_id": "X000025", "amount_usd": 25.99, "ticket_id": "T1", "reason": "request_refund"}
+    schema = next(t for t in TOOLS if t.name == "payments.refund").schema
+    label = per_call_us(lambda: Provenance().add(lookup, "tool:crm.lookup_customer", "trusted", ("description",)), 500)
+    print(f"provenance: label a 40-transaction lookup result {label:.1f} us; "
+          f"assess a refund's 4 arguments {per_call_us(lambda: seen.assess(refund, schema, 'workflow:w')):.1f} us")
+
+    limits = PolicySet.from_text("policies: []\nlimits:\n  - {name: t, tool: 'pay.*', per: tenant, rate: 1000000/second}\n").limits
+    local, shared = RateLimiter(), SharedRateLimiter(Database(f"sqlite:///{folder / 'limits.db'}"))
+    print(f"rate limit draw: in-process {per_call_us(lambda: local.take(limits, 'pay.refund', 'acme', 'r')):.1f} us, "
+          f"shared through SQLite {per_call_us(lambda: shared.take(limits, 'pay.refund', 'acme', 'r'), n=500):.1f} us")
+
     run = folder / "demo"
     run.mkdir()
     subprocess.run([sys.executable, "-m", "tether", "demo", "--json"], cwd=run, check=True, capture_output=True)

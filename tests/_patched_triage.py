@@ -11,7 +11,8 @@ from tether.workflows.triage import flow
 def _copy(name: str, replace: dict[str, Any]) -> Workflow[Any, Any]:
     src = flow.workflow
     wf: Workflow[Any, Any] = Workflow(src.name, input=src.input, tools=src.tools, policy=flow.POLICY_FILE,
-                                      deps=src.deps_factory, model=src.model_factory, evals=src.evals, ref=name)  # fmt: skip
+                                      deps=src.deps_factory, model=src.model_factory, evals=src.evals, ref=name,
+                                      trusted_input=src.trusted_input)  # fmt: skip
     for state in src.states.values():
         wf.state(state.name, initial=state.name == src.initial, goes_to=state.goes_to)(replace.get(state.name, state.fn))
     return wf
@@ -25,3 +26,11 @@ def _reply_differently(run: Any) -> Any:
 
 unchanged = _copy("_patched_triage:unchanged", {})
 other_reply = _copy("_patched_triage:other_reply", {"reply": _reply_differently})
+
+
+def _tag_differently(run: Any) -> Any:
+    run.call("helpdesk.tag", {"ticket_id": run.data["ticket"]["ticket_id"], "tags": ["patched"]})
+    return flow.act(run)
+
+
+other_tags = _copy("_patched_triage:other_tags", {"act": _tag_differently})

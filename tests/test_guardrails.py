@@ -315,6 +315,26 @@ def test_rate_and_volume_limits(db: Database) -> None:
         PolicySet.from_text("policies: []\nlimits:\n  - {name: x, tool: a.b, rate: lots}\n")
 
 
+def _draw_tenant_tokens(db_url: str, n: int) -> list[str | None]:
+    from tether.guardrails.limits import SharedRateLimiter
+
+    limits = PolicySet.from_text("policies: []\nlimits:\n  - {name: t, tool: 'pay.*', per: tenant, rate: 1/hour, burst: 6}\n").limits
+    limiter = SharedRateLimiter(Database(db_url))
+    return [limiter.take(limits, "pay.refund", "acme", f"run-{i}") for i in range(n)]
+
+
+def test_rate_limits_are_shared_by_processes(db: Database) -> None:
+    """Two worker processes on one store draw from the same tenant bucket: 6 calls in all, not 6 each."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    url = db.url.render_as_string(hide_password=False)
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        got = [r for f in [pool.submit(_draw_tenant_tokens, url, 5) for _ in range(2)] for r in f.result()]
+    assert got.count(None) == 6 and got.count("t") == 4
+    assert _draw_tenant_tokens(url, 1) == ["t"]  # and this process finds the bucket empty too
+
+
 # -- Cedar and mixed sets -------------------------------------------------------------------
 
 CEDAR = """

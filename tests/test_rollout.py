@@ -50,6 +50,8 @@ def test_route_follows_the_split(db: Database) -> None:
     for k, ref in picks.items():
         assert ref == ("_patched_triage:other_reply" if rollout.bucket("support_triage", k) < 5000 else "support_triage")
     assert rollout.route(db, base, {"customer_id": "C0001", "text": "hi"}).ref == "support_triage"  # no key: stable
+    with pytest.raises(WorkflowError, match="cannot load workflow ':0'"):  # found by the API fuzz
+        load(":0")
     unchanged = load("_patched_triage:unchanged")
     assert rollout.route(db, unchanged, {"ticket_id": "T-1"}) is unchanged  # asked for by its own ref
     with pytest.raises(WorkflowError, match="under way at 50%"):

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from tether import ApprovalInbox, Database, Runtime
 from tether.cli import cli
+from tether.record import runs as store
 from tether.workflows.triage import data, systems
 from tether.workflows.triage.flow import confidence_threshold, refund_target, workflow
 from tether.workflows.triage.intents import QUEUES, ROUTES
@@ -227,3 +228,37 @@ def test_tether_run_opens_a_ticket_and_rejects_bad_input(db_url: str) -> None:
         res = runner.invoke(cli, [*args, "--db", db_url])
         assert res.exit_code == 1 and res.stderr.startswith(msg), (args, res.stderr)
     assert count() == before  # nothing written
+
+
+def test_a_waiting_run_across_a_deploy(db: Database, bank: systems.Systems) -> None:
+    """A run resumes only on the code version it started with, unless migrated; a migration whose code
+    no longer makes the recorded calls leaves the run exactly where it was."""
+    import _patched_triage as patched
+
+    from tether import Ledger, WorkflowError
+
+    (cid, target), = _customers_with_refund_between(bank, 100, 1000)[:1]
+    tid = _ticket(db, bank, "T-deploy", cid, "I would like a refund for my last purchase please")
+    r = Runtime(db).start(workflow, {"ticket_id": tid}, started_by="intake")
+    assert r.status == "waiting_approval"
+    ApprovalInbox(db).decide(r.approval_id or "", approve=True, by="lead")
+    assert patched.other_reply.version != workflow.version
+
+    with pytest.raises(WorkflowError, match=f"run {r.run_id} started on support_triage version {workflow.version}"):
+        Runtime(db).resume(r.run_id, patched.other_reply)
+    refused = Runtime(db).resume(r.run_id, patched.other_tags, migrate=True)
+    assert refused.status == "waiting_approval" and "not migrated" in (refused.error or "")
+    assert "called with different arguments" in (refused.error or "")
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(systems.refunds)).scalar() == 0
+        assert conn.execute(sa.select(systems.ticket_tags.c.tag).where(systems.ticket_tags.c.tag == "patched")).first() is None
+        assert store.get_run(conn, r.run_id).workflow_version == workflow.version
+
+    done = Runtime(db).resume(r.run_id, patched.other_reply, migrate=True)
+    assert (done.status, done.outcome) == ("completed", "refund_issued")
+    with db.read() as conn:
+        assert store.get_run(conn, r.run_id).workflow_version == patched.other_reply.version
+        assert conn.execute(sa.select(systems.replies.c.template)).scalars().all() == ["investigating"]
+    kinds = [e.kind for e in Ledger(db).entries(r.run_id)]
+    assert kinds.count("run_migration_refused") == 1 and kinds.count("run_migrated") == 1
+    assert Ledger(db).verify().ok

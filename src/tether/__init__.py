@@ -10,6 +10,7 @@ from tether.errors import (
     LedgerError,
     NonDeterminismError,
     PolicyError,
+    Retryable,
     RunNotFound,
     StoreError,
     TetherError,
@@ -39,7 +40,7 @@ from tether.tools.tool import Args, Grant, Tool, ToolContext, tool
 __all__ = [
     "AccessDenied", "ApprovalError", "ApprovalInbox", "CedarPolicy", "PolicyStack", "load_policy", "ApprovalRequest", "Args", "Choice", "Database", "Decision",
     "DecisionRequest", "End", "Grant", "InvalidArguments", "Ledger", "LedgerEntry", "LedgerError", "Model",
-    "Next", "NonDeterminismError", "PII", "Redactor", "SECRET", "PolicyError", "PolicySet", "RunContext", "RunNotFound", "RunResult",
+    "Next", "NonDeterminismError", "PII", "Redactor", "SECRET", "PolicyError", "PolicySet", "Retryable", "RunContext", "RunNotFound", "RunResult",
     "Runtime", "StoreError", "TetherError", "TextClassifier", "Tool", "ToolCall", "ToolContext", "ToolError",
     "ToolProxy", "ToolRegistry", "ToolResult", "UnknownTool", "Usage", "VerifyReport", "Workflow",
     "WorkflowError", "WorkflowKilled", "load_workflow", "tool",

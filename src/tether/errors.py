@@ -53,3 +53,10 @@ class WorkflowKilled(WorkflowError):
 
 class AccessDenied(TetherError):
     """An API key that is missing, unknown, revoked, or acting outside its role."""
+
+
+class Retryable(Exception):
+    """Raised by a tool for a failure worth trying again (a 429, a dropped connection).
+
+    The proxy retries it with backoff up to the tool's `retries`; anything else a tool
+    raises fails the call at once."""

@@ -37,24 +37,22 @@ def approvals(ctx: click.Context, show_all: bool, db_url: str | None, as_json: b
         click.echo("no pending approvals" if not show_all else "no approval requests")
     for r in reqs:
         decided = f" {r.status} by {r.decided_by}" if r.decided_by else ""
+        untrusted = f"  UNTRUSTED={','.join(r.untrusted_args)}" if r.untrusted_args else ""
         click.echo(f"{r.id}  {r.requested_at[:19]}  {r.tool} {r.args}  rules={r.rules}  run={r.run_id} "
-                   f"started_by={r.started_by}{decided}")  # fmt: skip
+                   f"started_by={r.started_by}{decided}{untrusted}")  # fmt: skip
 
 
 def _decide(approval_id: str, approve: bool, user: str, reason: str | None, db_url: str | None, as_json: bool) -> None:
-    req, result = decide_and_resume(open_db(db_url), approval_id, approve=approve, by=user, reason=reason)
-    if result is None:  # more approvers needed: the run keeps waiting
-        if as_json:
-            echo_json({"approval": req.to_json(), "run": None})
-        else:
-            click.echo(f"{req.id} vote recorded: {req.votes} of {req.required} approvals"
-                       + (f" (role {req.role})" if req.role else ""))  # fmt: skip
-        return
+    d = decide_and_resume(open_db(db_url), approval_id, approve=approve, by=user, reason=reason)
+    req = d.approval
     if as_json:
-        echo_json({"approval": req.to_json(), "run": result.__dict__})
-        return
-    click.echo(f"{req.id} {req.status} by {req.decided_by}")
-    click.echo(result_line(result))
+        echo_json(d.to_json())
+    elif req.status == "pending":  # more approvers needed: the run keeps waiting
+        click.echo(f"{req.id} vote recorded: {req.votes} of {req.required} approvals"
+                   + (f" (role {req.role})" if req.role else ""))  # fmt: skip
+    else:
+        click.echo(f"{req.id} {req.status} by {req.decided_by}")
+        click.echo(d.note or result_line(d.run))
 
 
 _user = click.option("--as", "user", required=True, help="Who decides (must not be who started the run).")

@@ -162,10 +162,13 @@ def _describe(e: store.Event) -> str:
 @click.argument("run_id", metavar="RUN")
 @click.option("--stranded", is_flag=True,
               help="Also re-drive a run left running or interrupted by a process that died (make sure none drives it).")  # fmt: skip
+@click.option("--migrate", is_flag=True,
+              help="Resume a run started on another version of the workflow's code by re-running its journal "
+                   "against this code; refused, leaving the run as it is, if the code makes other calls.")  # fmt: skip
 @db_option
 @json_option
 @one_line_errors
-def resume(run_id: str, stranded: bool, db_url: str | None, as_json: bool) -> None:
+def resume(run_id: str, stranded: bool, migrate: bool, db_url: str | None, as_json: bool) -> None:
     """Re-drive a paused run whose approval was decided (e.g. after the decider's process died)."""
     db = open_db(db_url)
     with db.read() as conn:
@@ -176,7 +179,7 @@ def resume(run_id: str, stranded: bool, db_url: str | None, as_json: bool) -> No
         raise TetherError(f"run {run_id} is {row.status}; pass --stranded if the process driving it died")
     runtime = Runtime(db)
     try:
-        r = runtime.resume(run_id, load(row.workflow_ref), stranded=stranded)
+        r = runtime.resume(run_id, load(row.workflow_ref), stranded=stranded, migrate=migrate)
     finally:
         runtime.close()
     report(r, as_json)

@@ -13,7 +13,7 @@ import fnmatch
 import secrets
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -51,6 +51,7 @@ class ApprovalRequest:
     escalate_to: str | None = None
     risk: float | None = None
     votes: int = 0
+    untrusted_args: list[str] = field(default_factory=list)  # traced to untrusted sources
 
     @classmethod
     def from_row(cls, row: Any, started_by: str | None = None, votes: int = 0) -> ApprovalRequest:
@@ -58,6 +59,7 @@ class ApprovalRequest:
             row.id, row.run_id, row.call_id, row.step, row.tool, row.args, row.rules, row.policy_hash,
             row.proposer, row.status, row.requested_at, row.decided_by, row.decided_at, row.reason, started_by,
             row.required, row.role, row.expires_at, row.on_expiry, row.escalate_to, row.risk, votes,
+            list(row.untrusted_args or []),
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -107,11 +109,12 @@ def request(
             rules=decision.rules, policy_hash=decision.policy_hash, proposer=proposer,
             status="pending", requested_at=now.isoformat(timespec="microseconds"), required=tier.required,
             role=tier.role, expires_at=expires, on_expiry=tier.on_expiry, escalate_to=tier.escalate_to, risk=decision.risk,
+            untrusted_args=decision.untrusted_args or None,
         )  # fmt: skip
     )
     body = {"approval_id": approval_id, "call_id": call_id, "tool": tool, "rules": decision.rules,
             "policy_hash": decision.policy_hash, "proposer": proposer, "required": tier.required, "role": tier.role,
-            "expires_at": expires, "risk": decision.risk}  # fmt: skip
+            "expires_at": expires, "risk": decision.risk, "untrusted_args": decision.untrusted_args}  # fmt: skip
     return approval_id, body
 
 

@@ -6,7 +6,8 @@
 
 A call is the request `Agent::"<proposer>"` doing `Action::"call"` on
 `Tool::"<tool name>"` (its attributes: `name`, `family`), with the context
-`{args, risk, tenant}`. Numbers in the context are Cedar decimals (compare with
+`{args, risk, tenant, trusted, provenance}` (`trusted` is false when any argument
+came from an untrusted source; `provenance.ARG` is "trusted" or "untrusted"). Numbers in the context are Cedar decimals (compare with
 `.greaterThan(decimal("100.0"))`; a decimal literal needs its point). Cedar answers allow or deny; a satisfied
 `forbid` rule annotated `@action("require_human_approval")` asks a person
 instead of denying, and `@reason("...")` explains. With no `permit` rule
@@ -95,7 +96,9 @@ class CedarPolicy:
                 "action": {"type": "Action", "id": "call"},
                 "resource": {"type": "Tool", "id": tool},
                 "context": {"args": _value(dict(args)), "tenant": str(ctx.get("tenant") or ""),
-                            "risk": _value(ctx.get("risk") if ctx.get("risk") is not None else 0.0)},
+                            "risk": _value(ctx.get("risk") if ctx.get("risk") is not None else 0.0),
+                            "trusted": bool(ctx.get("trusted", False)),
+                            "provenance": {str(k): str(v) for k, v in (ctx.get("provenance") or {}).items()}},
             }  # fmt: skip
             entities = [{"uid": {"type": "Tool", "id": tool}, "attrs": {"name": tool, "family": tool.split(".")[0]}, "parents": []}]
             result = cedarpy.is_authorized(request, self._policies, entities)

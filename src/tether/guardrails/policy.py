@@ -37,7 +37,7 @@ ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
 STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
 # Keys a rule may test besides a call's arguments, supplied by the gate (see decide).
-CONTEXT_KEYS = ("risk", "tenant", "principal")
+CONTEXT_KEYS = ("risk", "tenant", "principal", "trusted", "provenance")
 _FILE_KEYS = {"policies", "default", "description", "version", "include", "limits"}
 _RULE_KEYS = {"name", "if", "then", "description"}
 _THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
@@ -64,6 +64,7 @@ class Decision(BaseModel):
     reason: str
     risk: float | None = None
     approval: ApprovalTier | None = None
+    untrusted_args: list[str] = []  # arguments traced to untrusted sources (guardrails.provenance)
 
     @property
     def allowed(self) -> bool:
@@ -121,7 +122,8 @@ class PolicySet:
 
     def decide(self, tool: str, args: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> Decision:
         """The decision for a call. `context` supplies the reserved keys rules may test besides
-        arguments: `risk` (the call's risk score), `tenant`, `principal`."""
+        arguments: `risk` (the call's risk score), `tenant`, `principal`, `trusted` (every argument
+        from a trusted source) and `provenance.ARG` ("trusted" or "untrusted"; see guardrails.provenance)."""
         d = self._decide(tool, {**args, **(context or {})})
         risk = (context or {}).get("risk")
         return d.model_copy(update={"risk": risk}) if risk is not None else d
@@ -180,8 +182,10 @@ class PolicySet:
                 warnings.append(f"{where}: tool {rule.tool!r} matches no tool of this workflow")
                 continue
             for c in rule.conditions:
-                top = c.key.split(".")[0]
-                if top in CONTEXT_KEYS:
+                top, _, rest = c.key.partition(".")
+                if top == "provenance":  # provenance.ARG names an argument too
+                    top = rest.split(".")[0]
+                elif top in CONTEXT_KEYS:
                     continue
                 if not any(top in schemas[n].get("properties", {}) for n in names):
                     errors.append(f"{where}: no matching tool has an argument {top!r} ({', '.join(names)})")

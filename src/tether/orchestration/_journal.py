@@ -94,6 +94,8 @@ class Journal:
         data = {"tool": call.tool, "args": args if args is not None else call.args, "proposer": call.proposer}
         if call.risk_context:
             data["risk_context"] = call.risk_context
+        if call.provenance:  # source names and trust only, never values: safe for the ledger
+            data["provenance"] = call.provenance
         if error:
             data["error"] = error
         # The journal keeps the call as made (replay needs it); the ledger only what compliance needs.

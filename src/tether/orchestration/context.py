@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from tether.errors import NonDeterminismError
 from tether.guardrails import approvals
 from tether.guardrails.policy import Decision
+from tether.guardrails.provenance import Origin, Provenance, Trust
 from tether.models.base import Choice, DecisionRequest, Model
 from tether.orchestration._journal import Journal
 from tether.orchestration.workflow import DepsT, InputT
@@ -21,6 +23,7 @@ from tether.record.canonical import digest
 from tether.record.tracing import RUN_ID
 from tether.tools.calls import ToolCall, ToolResult
 from tether.tools.proxy import Approval, RunInfo, ToolProxy
+from tether.tools.tool import Tool
 
 if TYPE_CHECKING:
     from tether.orchestration.workflow import Workflow
@@ -62,6 +65,7 @@ class RunContext(Generic[InputT, DepsT]):
         approval_source: Callable[[ToolCall, Decision], Approval | None] | None = None,
         tracer: Any = None,
         history: Callable[[str, str], bool] | None = None,
+        deadline: float | None = None,  # time.monotonic() past which the run ends deadline_exceeded
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -80,6 +84,12 @@ class RunContext(Generic[InputT, DepsT]):
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
+        self._deadline = deadline
+        self.provenance = Provenance()
+        fields = input.model_dump(mode="json") if isinstance(input, BaseModel) else {"input": input}
+        for name, value in (fields.items() if isinstance(fields, dict) else ()):
+            trust: Trust = "trusted" if name in workflow.trusted_input else "untrusted"
+            self.provenance.add(value, "input", trust)
 
     @property
     def state(self) -> str:
@@ -90,8 +100,13 @@ class RunContext(Generic[InputT, DepsT]):
         return self._journal.step
 
     # -- called by the runner -------------------------------------------------
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise self._end("deadline_exceeded", f"the run used up its {self.workflow.deadline_s:g}s deadline in {self.state!r}")
+
     def _enter(self, state: str, step: int) -> None:
         self._journal.state, self._journal.step, self._ops_in_step = state, step, 0
+        self._check_deadline()
         op = str(step)
         recorded = self._journal.replayed(op)
         if recorded:
@@ -109,6 +124,7 @@ class RunContext(Generic[InputT, DepsT]):
     def _next_op(self) -> str:
         if self._ended:
             raise self._ended
+        self._check_deadline()
         if self._ops_in_step >= self.workflow.max_calls_per_step:
             raise self._end(
                 "budget_exhausted",
@@ -141,7 +157,7 @@ class RunContext(Generic[InputT, DepsT]):
             ev = recorded[0]
             if ev.kind != "choice" or ev.data["point"] != point or ev.data["request_digest"] != request_digest:
                 raise NonDeterminismError(f"op {op}: the recorded run did not ask the model {point!r} with this input")
-            return Choice.model_validate(ev.data["choice"])
+            return self._learn_choice(Choice.model_validate(ev.data["choice"]))
         with self._span("chat", {"gen_ai.operation.name": "chat", "tether.decision.point": point,
                                  "tether.decision.options": len(request.options)}) as span:  # fmt: skip
             choice = self._ask(request)
@@ -157,7 +173,17 @@ class RunContext(Generic[InputT, DepsT]):
                 span.set_status(StatusCode.ERROR, self._journal.db.redactor.text(choice.error)[:300])
         self._journal.add("choice", op, {"point": point, "request_digest": request_digest, "choice": choice.model_dump()})
         self._store_prompt(op, request, choice)
+        return self._learn_choice(choice)
+
+    def _learn_choice(self, choice: Choice) -> Choice:
+        # The option is bounded by the offer; the values a model writes are not.
+        self.provenance.add(choice.args, f"model:{choice.model}", "untrusted")
         return choice
+
+    def label(self, value: Any, source: str, trust: Trust = "untrusted") -> None:
+        """Label a value that entered the run by another door than a tool (retrieved text, a file),
+        so calls built from it are judged by where it came from."""
+        self.provenance.add(value, source, trust)
 
     def _store_prompt(self, op: str, request: DecisionRequest, choice: Choice) -> None:
         """What the model was asked and answered, redacted, for the short-retention prompt store."""
@@ -233,12 +259,29 @@ class RunContext(Generic[InputT, DepsT]):
         plain = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
         call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}")
         self._check_loop(call)
+        t = self.workflow.tools.get(tool) if tool in self.workflow.tools else None
+        origins = self.provenance.assess(plain, t.schema if t else None, call.proposer)
+        call = call.model_copy(update={"provenance": {name: o.as_dict() for name, o in origins.items()}})
         recorded = self._journal.replayed(op)
         if recorded:
             done = self._replay_call(call, recorded)
             if done is not None:
-                return done
+                return self._learn_result(t, origins, done)
         call = call.model_copy(update={"risk_context": {**(risk or {}), "novel": self._novel(tool)}})
+        return self._learn_result(t, origins, self._call_live(call))
+
+    def _learn_result(self, t: Tool | None, origins: Mapping[str, Origin], result: ToolResult) -> ToolResult:
+        """Label a result: untrusted where the tool says outsiders write it, and all of it when
+        untrusted arguments chose what it returned (any argument of a read, the target of a change)."""
+        if t is not None and result.ok and result.output is not None:
+            choosers = [t.target] if t.side_effect else list(origins)
+            steered = any(origins[a].trust == "untrusted" for a in choosers if a in origins)
+            whole = t.untrusted_output is True or steered
+            keys = t.untrusted_output if isinstance(t.untrusted_output, tuple) else ()
+            self.provenance.add(result.output, f"tool:{t.name}", "untrusted" if whole else "trusted", keys)
+        return result
+
+    def _call_live(self, call: ToolCall) -> ToolResult:
         with self._tool_span(call) as span:
             result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info())
             if result.status == "pending_approval":
@@ -256,9 +299,11 @@ class RunContext(Generic[InputT, DepsT]):
         return self._history(self.tenant, tool) if self._history else False
 
     def _tool_span(self, call: ToolCall) -> Any:
+        untrusted = sorted(a for a, o in (call.provenance or {}).items() if o["trust"] == "untrusted")
         return self._span(f"execute_tool {call.tool}", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.tool,
                                                         "gen_ai.tool.call.id": call.call_id, "gen_ai.tool.type": "function",
-                                                        "tether.proposer": call.proposer})  # fmt: skip
+                                                        "tether.proposer": call.proposer,
+                                                        "tether.provenance.untrusted": untrusted})  # fmt: skip
 
     def _end_tool_span(self, span: Any, result: ToolResult, wait_s: float | None = None) -> None:
         attrs: dict[str, Any] = {"tether.call.status": result.status}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,9 @@ import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
+from tether.errors import NonDeterminismError, PolicyError, RunNotFound, TetherError, WorkflowError
 from tether.guardrails.approvals import principal
+from tether.guardrails.limits import SharedRateLimiter
 from tether.guardrails.loading import Policy, policy_from_text
 from tether.models.base import Model
 from tether.orchestration._journal import Journal
@@ -119,13 +121,20 @@ class Runtime:
             )  # fmt: skip
         return self._drive(workflow, run_id, parsed, policy, tenant, started_by, recorded=[])
 
-    def resume(self, run_id: str, workflow: Workflow[Any, Any], *, stranded: bool = False) -> RunResult:
+    def resume(
+        self, run_id: str, workflow: Workflow[Any, Any], *, stranded: bool = False, migrate: bool = False
+    ) -> RunResult:
         """Continue a paused run (after its approval was decided). One resumer wins.
 
         With `stranded=True` a run left `running` by a process that died, or
         `interrupted`, is re-driven too; the caller must know that no other process
         drives it. Completed calls are
         answered from the journal and repeated calls carry the same idempotency keys.
+
+        A run resumes only under the workflow version it started with. Code deployed
+        since is refused unless `migrate=True`: then the run's journal is re-executed
+        against the new code, and if the code no longer makes the recorded calls the
+        run goes back to where it was, untouched, with the reason in its error.
         """
         with self.db.read() as conn:
             row = store.get_run(conn, run_id)
@@ -135,6 +144,12 @@ class Runtime:
         resumable = (WAITING, RUNNING, INTERRUPTED) if stranded else (WAITING,)
         if row.status not in resumable:
             return _result_from_row(row)
+        if row.workflow_version != workflow.version and not migrate:
+            raise WorkflowError(
+                f"run {run_id} started on {workflow.name} version {row.workflow_version}; the code here is version "
+                f"{workflow.version}. Resume it where that version is deployed, or with --migrate to re-run its "
+                "journal against this code (it stays as it is if the code no longer makes the same calls)"
+            )
         # Everything that can fail happens before the run is claimed, so a failure
         # here leaves it waiting (and its decided approval usable) instead of stuck.
         policy = policy_from_text(text, source)
@@ -144,8 +159,10 @@ class Runtime:
             if not store.claim_run(conn, run_id, row.status, RUNNING):
                 raise RunNotFound(f"run {run_id} is being resumed by another process")
             recorded = store.load_events(conn, run_id)
+        migrating = row.workflow_version if row.workflow_version != workflow.version else None
         return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded,
-                           trace_ids=(row.trace_id, row.root_span_id))  # fmt: skip
+                           trace_ids=(row.trace_id, row.root_span_id),
+                           revert=(row.status, migrating) if migrating else None, active_s=row.active_s or 0.0)  # fmt: skip
 
     def deps(self, workflow: Workflow[Any, Any]) -> Any:
         """The workflow's dependencies (its systems of record) as this runtime's runs see them."""
@@ -172,8 +189,12 @@ class Runtime:
         started_by: str,
         recorded: list[store.Event],
         trace_ids: tuple[str | None, str | None] = (None, None),
+        revert: tuple[str, str] | None = None,  # (status, old version) of a run being migrated to new code
+        active_s: float = 0.0,  # seconds the run already spent running in earlier segments
     ) -> RunResult:
         journal = Journal(self.db, run_id, recorded)
+        began = time.monotonic()
+        deadline = began + workflow.deadline_s - active_s if workflow.deadline_s is not None else None
         tracing = self._tracing()
         root = tracing.tracer.start_span(
             f"invoke_agent {workflow.name}", context=parent_context(*trace_ids),
@@ -186,7 +207,7 @@ class Runtime:
         ctx = RunContext(
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
             journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
-            model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel,
+            model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
         )  # fmt: skip
         approval_id = None
         try:
@@ -194,6 +215,12 @@ class Runtime:
                 try:
                     end = drive(workflow, ctx, halted=lambda: rollout.kill_reason(self.db, workflow.name))
                     status, outcome, error = end.status, end.outcome, end.error
+                except NonDeterminismError as e:
+                    if revert is None:
+                        raise
+                    root.set_status(StatusCode.ERROR, "migration refused")
+                    root.end()
+                    return self._refuse_migration(journal, workflow, run_id, revert, str(e))
                 except Suspend as s:
                     status, outcome, error, approval_id = WAITING, None, None, s.approval_id
                 except EndRun as e:
@@ -206,9 +233,14 @@ class Runtime:
             root.set_attribute("tether.run.status", INTERRUPTED)
             root.end()
             journal.flush(lambda conn: tracing.save(conn, run_id), status=INTERRUPTED,
+                          active_s=round(active_s + time.monotonic() - began, 3),
                           error=f"interrupted by {type(e).__name__}; `tether runs resume RUN --stranded` continues it")  # fmt: skip
             raise
         root.set_attribute("tether.run.status", status)
+        journal.set_run_values(active_s=round(active_s + time.monotonic() - began, 3))
+        if revert is not None:  # the new code replayed the journal faithfully: the run is now on it
+            journal.set_run_values(workflow_version=workflow.version)
+            journal.add_ledger("run_migrated", {"from_version": revert[1], "to_version": workflow.version})
         if error:
             error = scrub(error)
             root.set_status(StatusCode.ERROR, self.db.redactor.text(error)[:500])
@@ -223,6 +255,18 @@ class Runtime:
             # whose approval is still pending goes back to waiting here.
             journal.flush(lambda conn: tracing.save(conn, run_id), status=WAITING)
         return RunResult(run_id, workflow.name, status, outcome, journal.step, error, approval_id)
+
+    def _refuse_migration(
+        self, journal: Journal, workflow: Workflow[Any, Any], run_id: str, revert: tuple[str, str], why: str
+    ) -> RunResult:
+        """The new code diverged from the run's journal before doing anything new: put the run back."""
+        status, old_version = revert
+        error = f"not migrated to version {workflow.version}: {why}"
+        with self.db.transaction() as conn:
+            store.update_run(conn, run_id, status=status, error=error)
+            ledger.append(conn, "run_migration_refused", {"from_version": old_version, "to_version": workflow.version,
+                                                          "reason": why}, run_id=run_id)  # fmt: skip
+        return RunResult(run_id, workflow.name, status, None, journal.step, error, None)
 
     def _novel(self, tenant: str, tool: str) -> bool:
         """Whether `tool` was never executed for `tenant` (a risk feature); known tools are cached."""
@@ -258,7 +302,8 @@ class Runtime:
         if workflow.name not in self._proxies:
             from tether.tools.credentials import Credentials
 
-            self._proxies[workflow.name] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets)
+            self._proxies[workflow.name] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets,
+                                                     limiter=SharedRateLimiter(self.db))  # fmt: skip
         return self._proxies[workflow.name]
 
     def _deps_for(self, workflow: Workflow[Any, Any]) -> Any:

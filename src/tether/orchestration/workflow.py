@@ -92,9 +92,13 @@ class Workflow(Generic[InputT, DepsT]):
         description: str = "",
         ref: str | None = None,
         evals: EvalHooks[DepsT] | None = None,
+        trusted_input: Iterable[str] = (),
+        deadline_s: float | None = None,
     ) -> None:
         if max_steps < 1 or max_calls_per_step < 1:
             raise WorkflowError(f"workflow {name}: max_steps and max_calls_per_step must be at least 1")
+        if deadline_s is not None and deadline_s <= 0:
+            raise WorkflowError(f"workflow {name}: deadline_s must be positive")
         self.name = name
         self.input = input
         self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
@@ -105,6 +109,12 @@ class Workflow(Generic[InputT, DepsT]):
         self.max_calls_per_step = max_calls_per_step
         self.description = description
         self.evals = evals
+        # Input fields set by a trusted system (a ticket's id, an authenticated customer id);
+        # every other input field is the requester's own words and untrusted.
+        self.trusted_input = frozenset(trusted_input)
+        # Seconds a run may spend running, summed over its segments; time spent waiting
+        # for a person does not count (approvals expire by their own rule).
+        self.deadline_s = deadline_s
         self.ref = ref or name
         self.states: dict[str, State] = {}
         self.initial: str | None = None
@@ -164,11 +174,12 @@ class Workflow(Generic[InputT, DepsT]):
     def _compute_version(self) -> str:
         h = hashlib.sha256()
         h.update(f"{self.name}|{self.max_steps}|{self.max_calls_per_step}|{self.initial}".encode())
+        h.update(f"|trusted:{sorted(self.trusted_input)}|deadline:{self.deadline_s}".encode())
         for s in sorted(self.states.values(), key=lambda s: s.name):
             h.update(f"|{s.name}>{','.join(s.goes_to)}|".encode())
             h.update(_source(s.fn).encode())
         for t in self.tools:
-            h.update(f"|{t.name}|".encode())
+            h.update(f"|{t.name}|{t.untrusted_output}|".encode())
             h.update(_source(t._fn).encode())
         return h.hexdigest()[:16]
 
@@ -205,7 +216,7 @@ def load(ref: str) -> Workflow[Any, Any]:
     module_name, _, attr = target.partition(":")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError) as e:  # ValueError: an empty module name
         raise WorkflowError(f"cannot load workflow {ref!r}: {e}") from None
     if not isinstance(obj, Workflow):
         raise WorkflowError(f"{ref!r} is not a tether Workflow")

@@ -45,6 +45,7 @@ runs = sa.Table(
     # One trace per run: resumed segments are children of this root span.
     sa.Column("trace_id", sa.String(32)),
     sa.Column("root_span_id", sa.String(16)),
+    sa.Column("active_s", sa.Float),  # seconds spent running, over all segments (the deadline's clock)
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("updated_at", sa.String(32), nullable=False),
 )
@@ -88,6 +89,7 @@ approvals = sa.Table(
     sa.Column("on_expiry", sa.String(16), nullable=False, server_default="deny"),
     sa.Column("escalate_to", sa.String(100)),
     sa.Column("risk", sa.Float),
+    sa.Column("untrusted_args", sa.JSON),  # arguments traced to untrusted sources, for the approver to see
 )
 
 # One vote per person per request (the key is the normalised name).
@@ -175,6 +177,15 @@ prompts = sa.Table(
     sa.Column("request", sa.JSON, nullable=False),
     sa.Column("response", sa.JSON, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
+)
+
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("limit_name", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(400), primary_key=True),  # tool, tenant|tool or run|tool
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),  # wall-clock seconds
 )
 
 # API keys for `tether serve`. Only a SHA-256 of the key is kept: keys are 256-bit

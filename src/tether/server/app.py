@@ -252,6 +252,9 @@ def create_app(db: Database, *, max_body: int = MAX_BODY) -> FastAPI:
     @endpoint("POST", "/api/runs", OPS, tags=["runs"], status_code=201,
               description="Start a run (routed by the workflow's rollout); it runs until it ends or waits for a person.")  # fmt: skip
     def start_run(body: StartRun, key: Annotated[ApiKey, Depends(require(*OPS))]) -> dict[str, Any]:
+        if ":" in body.workflow and body.workflow not in views.rollout_refs(db):
+            # Loading module:attribute imports code; over HTTP only what an operator already rolled out.
+            raise ApiError(422, f"{body.workflow} is not a registered workflow or a version under rollout")
         wf = load(body.workflow)
         wf.parse_input(body.input)  # bad input fails before anything is written
         wf = rollout.route(db, wf, body.input)
@@ -283,9 +286,9 @@ def create_app(db: Database, *, max_body: int = MAX_BODY) -> FastAPI:
                 raise ApiError(403, f"key {key.id} decides tools matching {key.scope!r}, not {req.tool}")
 
         with lock:
-            req, result = decide_and_resume(db, approval_id, approve=approve, by=key.name, reason=body.reason,
-                                            check=check, runtime=runtime)  # fmt: skip
-        return {"approval": req.to_json(), "run": result.__dict__ if result else None}
+            decided = decide_and_resume(db, approval_id, approve=approve, by=key.name, reason=body.reason,
+                                        check=check, runtime=runtime)  # fmt: skip
+        return decided.to_json()
 
     @endpoint("POST", "/api/approvals/{approval_id}/approve", ("approver",), tags=["approvals"],
               description="Approve as the key's name (never the run's starter or the call's proposer); the run resumes.")  # fmt: skip

@@ -87,6 +87,11 @@ def workflows(db: Database) -> list[dict[str, Any]]:
     return sorted(by_name.values(), key=lambda w: w["name"])
 
 
+def rollout_refs(db: Database) -> set[str]:
+    """The module:attribute versions rollouts name (the only ones the API will import to start a run)."""
+    return {ref for r in rollout.all_rollouts(db) for ref in (r.stable_ref, r.candidate_ref) if ref}
+
+
 def policy_versions(db: Database) -> list[dict[str, Any]]:
     with db.read() as conn:
         used = dict(conn.execute(sa.select(runs.c.policy_hash, sa.func.count()).group_by(runs.c.policy_hash)).all())

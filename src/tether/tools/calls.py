@@ -29,6 +29,9 @@ class ToolCall(BaseModel):
     args: dict[str, Any]
     proposer: str
     risk_context: dict[str, Any] = {}  # features for the risk score beyond the arguments (recorded for replay)
+    # Per argument: {"trust": "trusted"|"untrusted", "sources": [...]} (guardrails.provenance).
+    # None: nobody traced the arguments, so the gate treats every one as untrusted.
+    provenance: dict[str, dict[str, Any]] | None = None
 
 
 class ToolResult(BaseModel):

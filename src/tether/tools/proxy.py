@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import jsonschema
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 
-from tether.errors import InvalidArguments, UnknownTool
+from tether.errors import InvalidArguments, Retryable, UnknownTool
 from tether.guardrails.limits import RateLimiter, result_too_big
 from tether.guardrails.policy import Decision
 from tether.guardrails.risk import features_for, score
@@ -72,6 +73,15 @@ def _where(error: jsonschema.ValidationError) -> str:
     return f"argument {path!r}: " if path else ""
 
 
+def _trust(call: ToolCall, clean: dict[str, Any]) -> dict[str, Any]:
+    """The gate's view of where the arguments came from; untraced arguments are untrusted."""
+    if call.provenance is None:
+        traced = {name: "untrusted" for name in clean}
+    else:  # an argument the caller left out holds the schema's default: the tool author's value
+        traced = {name: call.provenance.get(name, {}).get("trust", "trusted") for name in clean}
+    return {"trusted": all(v == "trusted" for v in traced.values()), "provenance": traced}
+
+
 Outcome = tuple[CallStatus, Any, str | None, float]  # status, output, error, duration in ms
 Executor = Callable[[Tool, ToolContext[Any], BaseModel], Outcome]
 
@@ -85,14 +95,16 @@ class ToolProxy:
 
     def __init__(
         self, registry: ToolRegistry, *, max_workers: int = 8, executor: Executor | None = None, credentials: Any = None,
-        secrets: Any = None,
+        secrets: Any = None, limiter: Any = None,
     ) -> None:
         self.registry = registry
         self.credentials = credentials  # mints a transaction-scoped token for every authorised call
-        self._limiter = RateLimiter()
+        self._limiter = limiter if limiter is not None else RateLimiter()  # SharedRateLimiter across processes
         self.secrets = secrets if secrets is not None else EnvSecrets()
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tether-tool")
         self._executor: Executor = executor or self._execute
+        self._sleep: Callable[[float], None] = time.sleep  # tests replace the clock and the dice
+        self._random: Callable[[], float] = random.random
 
     def validate(self, call: ToolCall) -> tuple[Tool, BaseModel]:
         """The tool and its parsed arguments, or UnknownTool / InvalidArguments."""
@@ -130,7 +142,11 @@ class ToolProxy:
             recorder.proposed(call, clean, None, t.schema)
             rc = call.risk_context
             risk = score(features_for(t, clean, rc, bool(rc.get("novel"))))
-            decision = policy.decide(t.name, clean, {"risk": risk, "tenant": run.tenant, "principal": call.proposer})
+            trust = _trust(call, clean)
+            decision = policy.decide(t.name, clean, {"risk": risk, "tenant": run.tenant, "principal": call.proposer, **trust})
+            untrusted = [a for a, v in trust["provenance"].items() if v == "untrusted"]
+            if untrusted:
+                decision = decision.model_copy(update={"untrusted_args": untrusted})
             recorder.decided(call, decision)
             if decision.action == "deny":
                 return self._finish(recorder, call, status="denied", error=decision.reason, decision=decision)
@@ -186,7 +202,24 @@ class ToolProxy:
         )
 
     def _execute(self, t: Tool, ctx: ToolContext[Any], args: BaseModel) -> Outcome:
+        """Run the tool, again after a retryable failure while its retry policy allows.
+
+        Every attempt carries the same idempotency key, so a system of record that
+        saw an earlier attempt's effect does not apply it twice."""
+        attempt = 1
         start = time.perf_counter()
+        while True:
+            status, output, error, retryable = self._attempt(t, ctx, args)
+            if status == "ok" or not retryable or attempt >= t.retry.attempts:
+                if attempt > 1:
+                    error = error and f"{error} (after {attempt} attempts)"
+                return status, output, error, (time.perf_counter() - start) * 1000
+            pause = t.retry.delay(attempt, self._random)
+            self._sleep(pause)
+            attempt += 1
+
+    def _attempt(self, t: Tool, ctx: ToolContext[Any], args: BaseModel) -> tuple[CallStatus, Any, str | None, bool]:
+        """(status, output, error, worth retrying)."""
         try:
             if t.timeout_s is None:
                 out = t._fn(ctx, args)
@@ -195,17 +228,15 @@ class ToolProxy:
                 # late result discarded. Idempotency keys guard any late effect.
                 out = self._pool.submit(t._fn, ctx, args).result(timeout=t.timeout_s)
         except cf.TimeoutError:
-            ms = (time.perf_counter() - start) * 1000
-            return "timeout", None, f"{t.name} did not finish within {t.timeout_s:g}s", ms
+            return "timeout", None, f"{t.name} did not finish within {t.timeout_s:g}s", t.retry.timeouts
         except Exception as e:  # noqa: BLE001 - a tool's failure is a result, not a crash
-            ms = (time.perf_counter() - start) * 1000
-            return "error", None, scrub(f"{type(e).__name__}: {e}"), ms
-        ms = (time.perf_counter() - start) * 1000
+            retryable = isinstance(e, (Retryable, *t.retry.on))
+            return "error", None, scrub(f"{type(e).__name__}: {e}"), retryable
         try:
-            return "ok", _plain(out), None, ms
+            return "ok", _plain(out), None, False
         except (TypeError, ValueError) as e:
             # The effect happened but its output cannot be recorded: say so rather than crash.
-            return "error", None, f"{t.name} returned output that is not JSON ({e})", ms
+            return "error", None, f"{t.name} returned output that is not JSON ({e})", False
 
     @staticmethod
     def _finish(recorder: CallRecorder, call: ToolCall, **fields: Any) -> ToolResult:

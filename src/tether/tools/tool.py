@@ -80,6 +80,26 @@ class ToolContext(Generic[DepsT]):
         return hashlib.sha256(f"{self.run_id}/{self.step}/{self.call_id}".encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to try a call again after a retryable failure.
+
+    Retryable: `tether.errors.Retryable` and the exception types in `on`; a timeout
+    only with `timeouts=True` (the abandoned attempt may still finish, so only for
+    tools whose systems honour the idempotency key). Waits grow exponentially from
+    `backoff_s` up to `max_backoff_s`, with full jitter."""
+
+    attempts: int = 1  # 1: no retry
+    on: tuple[type[BaseException], ...] = ()
+    timeouts: bool = False
+    backoff_s: float = 0.2
+    max_backoff_s: float = 10.0
+
+    def delay(self, attempt: int, rand: Callable[[], float]) -> float:
+        """The wait before attempt `attempt + 1` (attempt counts from 1)."""
+        return rand() * min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+
+
 @dataclass(frozen=True, eq=False)
 class Tool:
     name: str
@@ -92,6 +112,10 @@ class Tool:
     risk_tier: str  # low | medium | high | critical
     risk_amount: str | None  # the argument holding a money amount, for the risk score
     risk_volume: str | None  # the argument holding a data volume (rows), for the risk score
+    # Which of its output an attacker may write: True (all of it) or the keys that
+    # hold outside text (a merchant's descriptor, a customer's message).
+    untrusted_output: bool | tuple[str, ...]
+    retry: RetryPolicy
     _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
     _validator: jsonschema.protocols.Validator = field(repr=False)
 
@@ -135,6 +159,12 @@ def tool(
     risk_tier: str = "medium",
     risk_amount: str | None = None,
     risk_volume: str | None = None,
+    untrusted_output: bool | tuple[str, ...] = False,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
+    retry_timeouts: bool = False,
+    backoff_s: float = 0.2,
+    max_backoff_s: float = 10.0,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs)."""
     if not _NAME.match(name):
@@ -143,6 +173,9 @@ def tool(
         raise ToolError(f"tool {name}: timeout_s must be positive")
     if risk_tier not in ("low", "medium", "high", "critical"):
         raise ToolError(f"tool {name}: risk_tier must be low, medium, high or critical")
+    if retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
+        raise ToolError(f"tool {name}: retries and backoff_s must be >= 0 and max_backoff_s >= backoff_s")
+    retry = RetryPolicy(retries + 1, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s)
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         params = list(inspect.signature(fn).parameters)
@@ -172,6 +205,8 @@ def tool(
             risk_tier=risk_tier,
             risk_amount=risk_amount,
             risk_volume=risk_volume,
+            untrusted_output=untrusted_output if isinstance(untrusted_output, bool) else tuple(untrusted_output),
+            retry=retry,
             _fn=fn,
             _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
         )

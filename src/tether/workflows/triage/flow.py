@@ -80,6 +80,7 @@ workflow: Workflow[Ticket, Systems] = Workflow(
     model=_model,
     max_steps=12,
     evals=TriageEvals(),
+    trusted_input=("ticket_id", "customer_id"),  # set by the helpdesk; the text is the customer's own
     description="Triage inbound bank support tickets: classify, look up, act within a bounded playbook, reply.",
 )
 Run = RunContext[Ticket, Systems]

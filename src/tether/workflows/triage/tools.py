@@ -124,13 +124,13 @@ def open_ticket(ctx: Ctx, args: OpenTicketArgs) -> dict[str, Any]:
     return ctx.deps.open_ticket(ctx.idempotency_key, args.ticket_id, args.customer_id, args.text)
 
 
-@tool("helpdesk.get_ticket", side_effect=False, risk_tier="low")
+@tool("helpdesk.get_ticket", side_effect=False, risk_tier="low", untrusted_output=("text",))
 def get_ticket(ctx: Ctx, args: TicketArgs) -> dict[str, Any]:
     """Read a ticket: the customer's message, status, queue and tags."""
     return ctx.deps.get_ticket(args.ticket_id)
 
 
-@tool("crm.lookup_customer", side_effect=False, risk_tier="low")
+@tool("crm.lookup_customer", side_effect=False, risk_tier="low", untrusted_output=("description",))
 def lookup_customer(ctx: Ctx, args: CustomerArgs) -> dict[str, Any]:
     """Read a customer's profile, cards and recent transactions."""
     return ctx.deps.lookup_customer(args.customer_id)
