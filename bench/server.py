@@ -3,7 +3,7 @@
 - listing runs (GET /api/runs?limit=50) with concurrent clients: requests/s, p50, p99
 - approving waiting refunds (POST /api/approvals/ID/approve, each resumes and finishes its run)
 - the kill switch (POST /api/workflows/W/kill) to the last in-flight run halted, for runs
-  driven by another process's threads, at two step lengths
+  driven by another process's threads, at two step lengths; and the per-step cost of the check
 
     python bench/server.py [--tickets 200] [--clients 8] [--requests 400] [--approvals 120] [--inflight 8]
 """
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from tether import End, PolicySet, RunContext, Runtime, Workflow
+from tether.orchestration import rollout
 from tether.record.db import Database
 from tether.server.keys import create_key
 from tether.workflows.triage import data, systems
@@ -188,6 +189,11 @@ def main() -> None:
         jobs = [("POST", f"/api/approvals/{a}/approve", {"reason": "bench"}) for a in approvals[half:]]
         report(f"approve + resume, {args.clients // 2} clients", *load(url, keys["alice"], max(1, args.clients // 2), jobs))
 
+        n = 2000
+        t0 = time.perf_counter()
+        for _ in range(n):
+            rollout.kill_reason(db, "support_triage")
+        print(f"kill-switch check, paid before every step of every run: {(time.perf_counter() - t0) / n * 1e6:.0f} us")
         for delay in (10, 100):
             answered, secs, steps = kill_latency(db, url, keys["op"], args.inflight, delay)
             print(f"kill switch (steps of {delay} ms): answered in {answered * 1000:.1f} ms; last of {args.inflight} in-flight "
