@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
+from _server import LiveServer, add_ticket, refund_customers, waiting_refund
 from click.testing import CliRunner
 
-from _server import LiveServer, add_ticket, refund_customers, waiting_refund
 from tether.cli import cli
 from tether.orchestration.runtime import Runtime
 from tether.record.db import Database

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
-
 from _server import refund_customers, waiting_refund
 from _slow_flow import slow
+from click.testing import CliRunner
+
 from tether.cli import cli
 from tether.errors import WorkflowError, WorkflowKilled
 from tether.orchestration import rollout

@@ -15,18 +15,18 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from _server import LiveServer, add_ticket, refund_customers, waiting_refund
 from click.testing import CliRunner
 
 from tether.cli import cli
+from tether.errors import AccessDenied
 from tether.orchestration import rollout
 from tether.record.db import Database
 from tether.record.ledger import Ledger, read_export, verify_entries
 from tether.record.tables import api_keys, runs, spans
 from tether.server.app import create_app
-from tether.errors import AccessDenied
 from tether.server.keys import authenticate, create_key
 from tether.workflows.triage import systems
-from _server import LiveServer, add_ticket, refund_customers, waiting_refund
 
 
 class Env:

@@ -57,6 +57,7 @@ class ApiError(Exception):
 
 
 def _status_for(e: TetherError) -> int:
+    """The HTTP status of an error the layers below raise (by type, and for a few by their fixed wording)."""
     text = str(e)
     if isinstance(e, AccessDenied):
         return 403
