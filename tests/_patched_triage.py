@@ -34,3 +34,10 @@ def _tag_differently(run: Any) -> Any:
 
 
 other_tags = _copy("_patched_triage:other_tags", {"act": _tag_differently})
+
+
+def _reply_fails(run: Any) -> Any:
+    return End("failed", "reply_failed", "the helpdesk rejected the reply")
+
+
+failing_reply = _copy("_patched_triage:failing_reply", {"reply": _reply_fails})

@@ -1,4 +1,4 @@
-"""Retries with backoff and jitter, per-run deadlines."""
+"""Retries with backoff and jitter, per-run deadlines, compensation and cancellation."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import time
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from _flows import POLICY, Empty, Job, Note, World
 
-from tether import Database, End, Ledger, RunContext, Runtime, Workflow, tool
-from tether.errors import Retryable, ToolError
+from tether import ApprovalInbox, Args, Database, End, Ledger, RunContext, Runtime, Workflow, tool
+from tether.errors import Retryable, ToolError, WorkflowError
+from tether.orchestration.replay import replay
 from tether.record import runs as store
 from tether.tools.tool import ToolContext
 
@@ -111,3 +113,101 @@ def test_a_run_past_its_deadline_ends_before_its_next_call(db: Database) -> None
     assert world.effects == []  # the call after the deadline never ran
     with db.read() as conn:
         assert store.get_run(conn, r.run_id).active_s >= 0.3
+
+
+# -- compensation ---------------------------------------------------------------------------
+class Hold(Args):
+    what: str
+
+
+@tool("stock.hold", compensate=("stock.release", lambda args, out: {"what": args["what"]}))
+def hold(ctx: ToolContext[World], args: Hold) -> dict[str, Any]:
+    """Hold stock (undone by stock.release)."""
+    return ctx.deps.apply(ctx.idempotency_key, "hold", args.what)
+
+
+@tool("stock.release")
+def release(ctx: ToolContext[World], args: Hold) -> dict[str, Any]:
+    """Release held stock."""
+    return ctx.deps.apply(ctx.idempotency_key, "release", args.what)
+
+
+
+def _order(world: World) -> Workflow[Job, World]:
+    wf: Workflow[Job, World] = Workflow("order", input=Job, tools=[hold, release, *_flow_tools()], policy=POLICY,
+                                        deps=lambda d: world)  # fmt: skip
+
+    @wf.state(initial=True)
+    def go(run: RunContext[Job, World]) -> Any:
+        run.call("stock.hold", {"what": "A"})
+        run.call("stock.hold", {"what": "B"})
+        run.call("notes.add", {"text": "held"})  # no compensation declared: stays
+        paid = run.call("payments.refund", {"transaction_id": "T1", "amount_usd": run.input.amount_usd})
+        return End("completed" if paid.ok else "failed", paid.status)
+
+    return wf
+
+
+def _flow_tools() -> list[Any]:
+    import _flows
+
+    return list(_flows.TOOLS)
+
+
+def test_a_failed_run_undoes_its_effects_newest_first(db: Database) -> None:
+    world = World()
+    wf = _order(world)
+    r = Runtime(db).start(wf, {"amount_usd": 5000.0})  # over the approval line: waits
+    assert r.status == "waiting_approval"
+    ApprovalInbox(db).decide(r.approval_id or "", approve=False, by="lead", reason="no")
+    r = Runtime(db).resume(r.run_id, wf)
+    assert (r.status, r.outcome) == ("failed", "rejected")
+    assert "compensated 2 of 2 effects" in (r.error or "")
+    assert world.effects == [("hold", "A"), ("hold", "B"), ("note", "held"), ("release", "B"), ("release", "A")]
+    undo = [e.body for e in Ledger(db).entries(r.run_id) if e.kind == "proposal" and e.body["call_id"].startswith("undo:")]
+    assert [(b["tool"], b["args"], b["proposer"]) for b in undo] == [
+        ("stock.release", {"what": "B"}, "compensation:order"), ("stock.release", {"what": "A"}, "compensation:order")]  # fmt: skip
+    assert replay(db, r.run_id, workflow=wf).same  # the compensations replay from the journal too
+    # Re-driving the ended run changes nothing: no second release.
+    assert Runtime(db).resume(r.run_id, wf, stranded=True).status == "failed"
+    assert len(world.effects) == 5
+
+
+def test_cancelling_a_waiting_run_withdraws_its_request_and_undoes_its_effects(db: Database) -> None:
+    world = World()
+    wf = _order(world)
+    r = Runtime(db).start(wf, {"amount_usd": 5000.0})
+    with pytest.raises(WorkflowError, match="only a run waiting for approval or interrupted can be cancelled"):
+        Runtime(db).cancel(Runtime(db).start(wf, {"amount_usd": 5.0}).run_id, wf, by="ops")
+    c = Runtime(db).cancel(r.run_id, wf, by="ops", reason="customer withdrew")
+    assert c.status == "cancelled" and "compensated 2 of 2" in (c.error or "")
+    assert ApprovalInbox(db).list() == []
+    assert ApprovalInbox(db).get(r.approval_id or "").status == "withdrawn"
+    with pytest.raises(Exception, match="withdrawn|not pending"):
+        ApprovalInbox(db).decide(r.approval_id or "", approve=True, by="lead")
+    assert [e for e in world.effects if e[0] == "release"] == [("release", "B"), ("release", "A")]
+    kinds = [e.kind for e in Ledger(db).entries(r.run_id)]
+    assert "run_cancelled" in kinds and kinds[-1] == "run_finished"
+
+
+def test_triage_reverses_a_refund_when_its_run_fails_after_it(db: Database) -> None:
+    import _patched_triage as patched
+
+    from tether.workflows.triage import data, systems
+    from tether.workflows.triage.flow import refund_target
+    from tether.workflows.triage.intents import ROUTES
+
+    bank = systems.Systems(db)
+    data.seed_bank(bank)
+    cid, (tx, amount) = next((c, t) for c in map(data.customer_id, range(data.CUSTOMERS))
+                             if (t := refund_target(ROUTES["request_refund"], bank.lookup_customer(c)["transactions"]))
+                             and t[1] < 100)  # fmt: skip
+    with db.transaction() as conn:
+        conn.execute(systems.tickets.insert().values(id="T-rf", customer_id=cid, status="new", created_at="t",
+                                                     updated_at="t", text="I would like a refund for my last purchase please"))  # fmt: skip
+    r = Runtime(db).start(patched.failing_reply, {"ticket_id": "T-rf"})
+    assert r.status == "failed" and "compensated 1 of 1 effects" in (r.error or "")
+    with db.read() as conn:
+        rows = conn.execute(sa.select(systems.refunds.c.amount_cents).order_by(systems.refunds.c.created_at)).scalars().all()
+        left = conn.execute(sa.select(systems.transactions.c.refunded_cents).where(systems.transactions.c.id == tx)).scalar()
+    assert rows == [round(amount * 100), -round(amount * 100)] and left == 0

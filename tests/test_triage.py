@@ -262,3 +262,22 @@ def test_a_waiting_run_across_a_deploy(db: Database, bank: systems.Systems) -> N
     kinds = [e.kind for e in Ledger(db).entries(r.run_id)]
     assert kinds.count("run_migration_refused") == 1 and kinds.count("run_migrated") == 1
     assert Ledger(db).verify().ok
+
+
+def test_cancel_a_waiting_refund_from_the_command_line(db: Database, bank: systems.Systems) -> None:
+    (cid, _), = _customers_with_refund_between(bank, 100, 1000)[:1]
+    tid = _ticket(db, bank, "T-cancel", cid, "I would like a refund for my last purchase please")
+    r = Runtime(db).start(workflow, {"ticket_id": tid}, started_by="intake")
+    url = db.url.render_as_string(hide_password=False)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["runs", "cancel", r.run_id, "--as", "ops", "--reason", "customer withdrew", "--db", url])
+    assert res.exit_code == 0 and f"{r.run_id} cancelled" in res.output, res.stderr
+    assert ApprovalInbox(db).list() == []
+    res = runner.invoke(cli, ["runs", "cancel", r.run_id, "--as", "ops", "--db", url])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == (f"error: run {r.run_id} is cancelled; only a run waiting for approval or "
+                                  "interrupted can be cancelled")  # fmt: skip
+    res = runner.invoke(cli, ["runs", "cancel", "run_nope", "--as", "ops", "--db", url])
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "run_nope" in res.stderr
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(systems.refunds)).scalar() == 0

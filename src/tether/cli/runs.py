@@ -186,6 +186,26 @@ def resume(run_id: str, stranded: bool, migrate: bool, db_url: str | None, as_js
 
 
 @runs.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--as", "user", required=True, help="Who cancels; kept in the ledger.")
+@click.option("--reason", default=None, help="Why; kept in the ledger.")
+@db_option
+@json_option
+@one_line_errors
+def cancel(run_id: str, user: str, reason: str | None, db_url: str | None, as_json: bool) -> None:
+    """Stop a run waiting for approval (or interrupted): withdraw its requests and undo its effects."""
+    db = open_db(db_url)
+    with db.read() as conn:
+        row = store.get_run(conn, run_id)
+    runtime = Runtime(db)
+    try:
+        r = runtime.cancel(run_id, load(row.workflow_ref), by=user, reason=reason)
+    finally:
+        runtime.close()
+    report(r, as_json)
+
+
+@runs.command()
 @db_option
 @json_option
 @one_line_errors

@@ -24,7 +24,7 @@ from tether.record import ledger
 from tether.record.db import Database, timestamp
 from tether.record.tables import approval_votes, approvals, approvers, runs
 
-ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
+ApprovalStatus = Literal["pending", "approved", "denied", "expired", "withdrawn"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,16 @@ def request(
             "policy_hash": decision.policy_hash, "proposer": proposer, "required": tier.required, "role": tier.role,
             "expires_at": expires, "risk": decision.risk, "untrusted_args": decision.untrusted_args}  # fmt: skip
     return approval_id, body
+
+
+def withdraw(conn: sa.Connection, run_id: str, by: str) -> list[str]:
+    """Withdraw a cancelled run's pending requests (inside the caller's transaction); their ids."""
+    ids = list(conn.execute(sa.select(approvals.c.id).where(approvals.c.run_id == run_id, approvals.c.status == "pending"))
+               .scalars())  # fmt: skip
+    if ids:
+        conn.execute(approvals.update().where(approvals.c.id.in_(ids)).values(
+            status="withdrawn", decided_by=by, decided_at=_iso(dt.datetime.now(dt.UTC)), reason="run cancelled"))  # fmt: skip
+    return ids
 
 
 def for_call(conn: sa.Connection, run_id: str, call_id: str) -> ApprovalRequest | None:

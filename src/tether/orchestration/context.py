@@ -259,16 +259,45 @@ class RunContext(Generic[InputT, DepsT]):
         plain = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
         call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}")
         self._check_loop(call)
-        t = self.workflow.tools.get(tool) if tool in self.workflow.tools else None
-        origins = self.provenance.assess(plain, t.schema if t else None, call.proposer)
+        return self._propose(call, risk, self._info())
+
+    def _propose(self, call: ToolCall, risk: Mapping[str, Any] | None, info: RunInfo) -> ToolResult:
+        t = self.workflow.tools.get(call.tool) if call.tool in self.workflow.tools else None
+        origins = self.provenance.assess(call.args, t.schema if t else None, call.proposer)
         call = call.model_copy(update={"provenance": {name: o.as_dict() for name, o in origins.items()}})
-        recorded = self._journal.replayed(op)
+        recorded = self._journal.replayed(call.call_id)
         if recorded:
-            done = self._replay_call(call, recorded)
+            done = self._replay_call(call, recorded, info)
             if done is not None:
                 return self._learn_result(t, origins, done)
-        call = call.model_copy(update={"risk_context": {**(risk or {}), "novel": self._novel(tool)}})
-        return self._learn_result(t, origins, self._call_live(call))
+        call = call.model_copy(update={"risk_context": {**(risk or {}), "novel": self._novel(call.tool)}})
+        return self._learn_result(t, origins, self._call_live(call, info))
+
+    def compensate(self) -> list[ToolResult]:
+        """Undo the run's effects, newest first, each with its tool's declared compensation.
+
+        Every compensation is a governed call (validated, decided, ledgered) with a
+        stable id `undo:<call>` and the idempotency key of the step it undoes, so a
+        resumed or replayed run answers it from the journal instead of repeating it."""
+        results = sorted((e for evs in self._journal._by_op.values() for e in evs
+                          if e.kind == "result" and e.data["status"] == "ok" and not str(e.call_id).startswith("undo:")),
+                         key=lambda e: e.seq)  # fmt: skip
+        undone = []
+        for ev in reversed(results):
+            t = self.workflow.tools.get(ev.data["tool"]) if ev.data["tool"] in self.workflow.tools else None
+            if t is None or t.compensate is None:
+                continue
+            proposal = next(e for e in self._journal.replayed(ev.call_id or "") if e.kind == "proposal")
+            name, make_args = t.compensate
+            try:
+                args = make_args(dict(proposal.data["args"]), ev.data["output"])
+            except Exception as e:  # noqa: BLE001 - a broken compensation is reported, the others still run
+                undone.append(ToolResult(call_id=f"undo:{ev.call_id}", tool=name, status="invalid",
+                                         error=f"compensation arguments for {t.name} failed: {type(e).__name__}: {e}"))  # fmt: skip
+                continue
+            call = ToolCall(call_id=f"undo:{ev.call_id}", tool=name, args=args, proposer=f"compensation:{self.workflow.name}")
+            undone.append(self._propose(call, None, RunInfo(run_id=self.id, step=proposal.step, tenant=self.tenant)))
+        return undone
 
     def _learn_result(self, t: Tool | None, origins: Mapping[str, Origin], result: ToolResult) -> ToolResult:
         """Label a result: untrusted where the tool says outsiders write it, and all of it when
@@ -281,9 +310,9 @@ class RunContext(Generic[InputT, DepsT]):
             self.provenance.add(result.output, f"tool:{t.name}", "untrusted" if whole else "trusted", keys)
         return result
 
-    def _call_live(self, call: ToolCall) -> ToolResult:
+    def _call_live(self, call: ToolCall, info: RunInfo) -> ToolResult:
         with self._tool_span(call) as span:
-            result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info())
+            result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=info)
             if result.status == "pending_approval":
                 approval = self._approval_source(call, result.decision) if self._approval_source and result.decision else None
                 if approval is None:
@@ -291,7 +320,7 @@ class RunContext(Generic[InputT, DepsT]):
                     raise Suspend(result.approval_id or "")
                 self._journal.approval_applied(call, approval.id, approval.approved, approval.by)
                 result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps,
-                                          run=self._info(), approval=approval)  # fmt: skip
+                                          run=info, approval=approval)  # fmt: skip
             self._end_tool_span(span, result)
         return result
 
@@ -331,7 +360,7 @@ class RunContext(Generic[InputT, DepsT]):
             raise self._end("loop_detected", f"repeated identical call {call.tool}({call.args}) at op {call.call_id}")
         self._seen_calls.add(key)
 
-    def _replay_call(self, call: ToolCall, recorded: list[Any]) -> ToolResult | None:
+    def _replay_call(self, call: ToolCall, recorded: list[Any], info: RunInfo | None = None) -> ToolResult | None:
         """The recorded result, the run resumed past an approval, or None to run live."""
         first = recorded[0]
         if first.kind != "proposal" or first.data["tool"] != call.tool or first.data["proposer"] != call.proposer:
@@ -356,7 +385,8 @@ class RunContext(Generic[InputT, DepsT]):
         approval = Approval(req.id, approved, by, req.reason, Decision.model_validate(decision_ev.data))
         with self._tool_span(call) as span:
             result = self._proxy.call(
-                call, policy=self._policy, recorder=self._journal, deps=self._deps, run=self._info(), approval=approval
+                call, policy=self._policy, recorder=self._journal, deps=self._deps, run=info or self._info(),
+                approval=approval,
             )
             self._end_tool_span(span, result, wait_s=_seconds_between(req.requested_at, req.decided_at))
         return result

@@ -199,17 +199,13 @@ def replay(
     )  # fmt: skip
     stopped = error = None
     try:
-        status = drive(wf, ctx).status
+        status, error = _run(wf, ctx, cancelled=any(e.kind == "cancel" for e in events))
+        if status in (*store.FAILED_STATUSES, store.CANCELLED):
+            ctx.compensate()
     except Suspend:
         status = "waiting_approval"
     except ReplayGap as e:
         status, stopped = "stopped", str(e)
-    except EndRun as e:
-        status, error = e.status, e.error
-    except TetherError as e:
-        status, error = "failed", str(e)
-    except Exception as e:  # noqa: BLE001 - patched code may crash; that is a finding, not a replay failure
-        status, error = "failed", f"{type(e).__name__}: {e}"
     finally:
         proxy.close()
 
@@ -225,6 +221,22 @@ def replay(
         policy_hash=pol.hash, original_policy_hash=row.policy_hash, workflow_version=wf.version,
         original_workflow_version=row.workflow_version, error=error, counts=counts,
     )  # fmt: skip
+
+
+def _run(wf: Workflow[Any, Any], ctx: RunContext[Any, Any], cancelled: bool) -> tuple[str, str | None]:
+    """The replayed run's ending: (status, error). Suspend and ReplayGap go to the caller."""
+    if cancelled:
+        return store.CANCELLED, None
+    try:
+        return drive(wf, ctx).status, None
+    except ReplayGap:
+        raise
+    except EndRun as e:
+        return e.status, e.error
+    except TetherError as e:
+        return "failed", str(e)
+    except Exception as e:  # noqa: BLE001 - patched code may crash; that is a finding, not a replay failure
+        return "failed", f"{type(e).__name__}: {e}"
 
 
 def _diff(original: list[Action], replayed: list[Action]) -> list[DiffEntry]:

@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
 from tether.errors import NonDeterminismError, PolicyError, RunNotFound, TetherError, WorkflowError
+from tether.guardrails import approvals
 from tether.guardrails.approvals import principal
 from tether.guardrails.limits import SharedRateLimiter
 from tether.guardrails.loading import Policy, policy_from_text
@@ -41,7 +42,7 @@ from tether.tools.secrets import scrub
 
 # Statuses a run can have. The first three are not final.
 RUNNING, WAITING, INTERRUPTED = "running", "waiting_approval", "interrupted"
-FAILED_STATUSES, FINAL_STATUSES = store.FAILED_STATUSES, store.FINAL_STATUSES
+FAILED_STATUSES, FINAL_STATUSES, CANCELLED = store.FAILED_STATUSES, store.FINAL_STATUSES, store.CANCELLED
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,29 @@ class Runtime:
                            trace_ids=(row.trace_id, row.root_span_id),
                            revert=(row.status, migrating) if migrating else None, active_s=row.active_s or 0.0)  # fmt: skip
 
+    def cancel(self, run_id: str, workflow: Workflow[Any, Any], *, by: str, reason: str | None = None) -> RunResult:
+        """Stop a paused (waiting or interrupted) run: its pending approvals are withdrawn and its
+        effects undone, newest first, by each tool's declared compensation."""
+        by = principal(by)
+        with self.db.read() as conn:
+            row = store.get_run(conn, run_id)
+            source, text = store.policy_text(conn, row.policy_hash)
+        if row.workflow != workflow.name:
+            raise WorkflowError(f"run {run_id} belongs to workflow {row.workflow}, not {workflow.name}")
+        if row.status not in (WAITING, INTERRUPTED):
+            raise WorkflowError(f"run {run_id} is {row.status}; only a run waiting for approval or interrupted can be cancelled")
+        policy = policy_from_text(text, source)
+        parsed = workflow.parse_input(row.input)
+        self._deps_for(workflow)
+        with self.db.transaction() as conn:
+            if not store.claim_run(conn, run_id, row.status, RUNNING):
+                raise RunNotFound(f"run {run_id} is being resumed by another process")
+            withdrawn = approvals.withdraw(conn, run_id, by)
+            recorded = store.load_events(conn, run_id)
+        return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded,
+                           trace_ids=(row.trace_id, row.root_span_id), active_s=row.active_s or 0.0,
+                           cancel={"by": by, "reason": reason, "withdrawn_approvals": withdrawn})  # fmt: skip
+
     def deps(self, workflow: Workflow[Any, Any]) -> Any:
         """The workflow's dependencies (its systems of record) as this runtime's runs see them."""
         return self._deps_for(workflow)
@@ -191,6 +215,7 @@ class Runtime:
         trace_ids: tuple[str | None, str | None] = (None, None),
         revert: tuple[str, str] | None = None,  # (status, old version) of a run being migrated to new code
         active_s: float = 0.0,  # seconds the run already spent running in earlier segments
+        cancel: dict[str, Any] | None = None,  # {by, reason}: stop the run and undo its effects
     ) -> RunResult:
         journal = Journal(self.db, run_id, recorded)
         began = time.monotonic()
@@ -210,17 +235,25 @@ class Runtime:
             model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
         )  # fmt: skip
         approval_id = None
+        if cancel is not None:
+            journal.add("cancel", None, cancel)
+            journal.add_ledger("run_cancelled", cancel)
+        cancelled = any(e.kind == "cancel" for e in recorded) or cancel is not None
         try:
             with trace.use_span(root, end_on_exit=False):
                 try:
-                    end = drive(workflow, ctx, halted=lambda: rollout.kill_reason(self.db, workflow.name))
-                    status, outcome, error = end.status, end.outcome, end.error
+                    if cancelled:  # the state machine stops where it is; only its effects are undone
+                        status, outcome, error = CANCELLED, None, f"cancelled by {(cancel or _cancel_of(recorded))['by']}"
+                    else:
+                        end = drive(workflow, ctx, halted=lambda: rollout.kill_reason(self.db, workflow.name))
+                        status, outcome, error = end.status, end.outcome, end.error
                 except NonDeterminismError as e:
                     if revert is None:
-                        raise
-                    root.set_status(StatusCode.ERROR, "migration refused")
-                    root.end()
-                    return self._refuse_migration(journal, workflow, run_id, revert, str(e))
+                        status, outcome, error = "failed", None, str(e)
+                    else:
+                        root.set_status(StatusCode.ERROR, "migration refused")
+                        root.end()
+                        return self._refuse_migration(journal, workflow, run_id, revert, str(e))
                 except Suspend as s:
                     status, outcome, error, approval_id = WAITING, None, None, s.approval_id
                 except EndRun as e:
@@ -229,6 +262,14 @@ class Runtime:
                     status, outcome, error = "failed", None, str(e)
                 except Exception as e:  # noqa: BLE001 - a bug in state code fails the run, not the process
                     status, outcome, error = "failed", None, f"{type(e).__name__}: {e}"
+                if status in (*FAILED_STATUSES, CANCELLED):
+                    try:
+                        undone = ctx.compensate()
+                    except Suspend as s:  # a compensation waits for a person; the run resumes into it
+                        status, approval_id = WAITING, s.approval_id
+                    else:
+                        if undone:
+                            error = f"{error}; " + _undone_summary(undone)
         except BaseException as e:  # KeyboardInterrupt, SystemExit: keep what was done, then let it go on
             root.set_attribute("tether.run.status", INTERRUPTED)
             root.end()
@@ -344,6 +385,16 @@ def drive(workflow: Workflow[Any, Any], ctx: RunContext[Any, Any], halted: Calla
         if nxt not in workflow.states[state].goes_to:
             raise WorkflowError(f"state {state!r} went to {nxt!r}, which is not in its goes_to")
         state = nxt
+
+
+def _cancel_of(recorded: list[store.Event]) -> dict[str, Any]:
+    return next(e.data for e in recorded if e.kind == "cancel")
+
+
+def _undone_summary(undone: list[Any]) -> str:
+    ok = sum(r.ok for r in undone)
+    failed = [f"{r.tool} {r.status}" for r in undone if not r.ok]
+    return f"compensated {ok} of {len(undone)} effects" + (f" ({', '.join(failed)})" if failed else "")
 
 
 def _result_from_row(row: Any) -> RunResult:

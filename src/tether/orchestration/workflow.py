@@ -146,6 +146,10 @@ class Workflow(Generic[InputT, DepsT]):
             for target in s.goes_to:
                 if target not in self.states:
                     raise WorkflowError(f"workflow {self.name}: state {s.name!r} goes to unknown state {target!r}")
+        for t in self.tools:
+            if t.compensate is not None and t.compensate[0] not in self.tools:
+                raise WorkflowError(f"workflow {self.name}: tool {t.name} is compensated by {t.compensate[0]}, "
+                                    "which is not one of its tools")  # fmt: skip
 
     def policy(self) -> Any:
         """The workflow's policy; a file is re-read only when it changes on disk."""
@@ -179,8 +183,10 @@ class Workflow(Generic[InputT, DepsT]):
             h.update(f"|{s.name}>{','.join(s.goes_to)}|".encode())
             h.update(_source(s.fn).encode())
         for t in self.tools:
-            h.update(f"|{t.name}|{t.untrusted_output}|".encode())
+            h.update(f"|{t.name}|{t.untrusted_output}|{t.compensate[0] if t.compensate else ''}|".encode())
             h.update(_source(t._fn).encode())
+            if t.compensate:
+                h.update(_source(t.compensate[1]).encode())
         return h.hexdigest()[:16]
 
     def parse_input(self, data: Any) -> InputT:

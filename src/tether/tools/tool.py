@@ -116,6 +116,8 @@ class Tool:
     # hold outside text (a merchant's descriptor, a customer's message).
     untrusted_output: bool | tuple[str, ...]
     retry: RetryPolicy
+    # (compensating tool, args from (this call's args, its output)): how to undo this call's effect
+    compensate: tuple[str, Callable[[dict[str, Any], Any], dict[str, Any]]] | None
     _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
     _validator: jsonschema.protocols.Validator = field(repr=False)
 
@@ -165,6 +167,7 @@ def tool(
     retry_timeouts: bool = False,
     backoff_s: float = 0.2,
     max_backoff_s: float = 10.0,
+    compensate: tuple[str, Callable[[dict[str, Any], Any], dict[str, Any]]] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs)."""
     if not _NAME.match(name):
@@ -176,6 +179,8 @@ def tool(
     if retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
         raise ToolError(f"tool {name}: retries and backoff_s must be >= 0 and max_backoff_s >= backoff_s")
     retry = RetryPolicy(retries + 1, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s)
+    if compensate is not None and not (len(compensate) == 2 and _NAME.match(compensate[0]) and callable(compensate[1])):
+        raise ToolError(f"tool {name}: compensate must be (tool name, function of (args, output) -> args)")
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         params = list(inspect.signature(fn).parameters)
@@ -207,6 +212,7 @@ def tool(
             risk_volume=risk_volume,
             untrusted_output=untrusted_output if isinstance(untrusted_output, bool) else tuple(untrusted_output),
             retry=retry,
+            compensate=compensate,
             _fn=fn,
             _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
         )

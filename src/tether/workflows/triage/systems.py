@@ -262,6 +262,34 @@ class Systems:
 
         return self._change(key, "cards.freeze", do)
 
+    def reverse_refund(self, key: str, refund_id: str, ticket_id: str) -> dict[str, Any]:
+        """Take back a refund: a negative entry beside it (the refund itself stays on record)."""
+
+        def do(conn: sa.Connection) -> dict[str, Any]:
+            rf = conn.execute(sa.select(refunds).where(refunds.c.id == refund_id)).first()
+            if rf is None or rf.amount_cents <= 0:
+                raise RecordError(f"unknown refund {refund_id}")
+            rid = "rv_" + key[:16]
+            conn.execute(refunds.insert().values(id=rid, transaction_id=rf.transaction_id, amount_cents=-rf.amount_cents,
+                                                 ticket_id=ticket_id, reason=f"reversal of {refund_id}",
+                                                 created_at=timestamp()))  # fmt: skip
+            conn.execute(transactions.update().where(transactions.c.id == rf.transaction_id)
+                         .values(refunded_cents=transactions.c.refunded_cents - rf.amount_cents))  # fmt: skip
+            return {"reversal_id": rid, "refund_id": refund_id, "amount_usd": -rf.amount_cents / 100}
+
+        return self._change(key, "payments.reverse_refund", do)
+
+    def restore_card(self, key: str, card_id: str, status: str) -> dict[str, Any]:
+        def do(conn: sa.Connection) -> dict[str, Any]:
+            card = conn.execute(sa.select(cards).where(cards.c.id == card_id)).first()
+            if card is None:
+                raise RecordError(f"unknown card {card_id}")
+            conn.execute(cards.update().where(cards.c.id == card_id).values(
+                status=status, frozen_reason=card.frozen_reason if status == "frozen" else None))  # fmt: skip
+            return {"card_id": card_id, "status": status, "was": card.status}
+
+        return self._change(key, "cards.restore", do)
+
     def delete_customer(self, key: str, customer_id: str) -> dict[str, Any]:
         def do(conn: sa.Connection) -> dict[str, Any]:
             _customer(conn, customer_id)

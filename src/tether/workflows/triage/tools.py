@@ -113,6 +113,17 @@ class FreezeArgs(Args):
     reason: str = Field(min_length=1, max_length=500)
 
 
+class ReverseRefundArgs(Args):
+    refund_id: str = Field(pattern=r"^rf_[0-9a-f]{16}$")
+    ticket_id: TicketId
+
+
+class RestoreCardArgs(Args):
+    card_id: str = Field(pattern=r"^K\d{5}$")
+    ticket_id: TicketId
+    status: Literal["active", "frozen"]
+
+
 class DeleteCustomerArgs(Args):
     customer_id: CustomerId
     ticket_id: TicketId
@@ -175,7 +186,8 @@ def post(ctx: Ctx, args: PostArgs) -> dict[str, Any]:
     return ctx.deps.post(ctx.idempotency_key, args.channel, args.text)
 
 
-@tool("payments.refund", target="transaction_id", risk_tier="high", risk_amount="amount_usd")
+@tool("payments.refund", target="transaction_id", risk_tier="high", risk_amount="amount_usd",
+      compensate=("payments.reverse_refund", lambda args, out: {"refund_id": out["refund_id"], "ticket_id": args["ticket_id"]}))
 def refund(ctx: Ctx, args: RefundArgs) -> dict[str, Any]:
     """Refund (part of) a transaction to the customer's account."""
     ctx.check_credential(args.transaction_id)
@@ -183,11 +195,27 @@ def refund(ctx: Ctx, args: RefundArgs) -> dict[str, Any]:
     return ctx.deps.refund(ctx.idempotency_key, args.transaction_id, cents, args.ticket_id, args.reason)
 
 
-@tool("cards.freeze", target="card_id", risk_tier="high")
+@tool("cards.freeze", target="card_id", risk_tier="high",
+      compensate=("cards.restore", lambda args, out: {"card_id": args["card_id"], "ticket_id": args["ticket_id"],
+                                                      "status": out["was"]}))
 def freeze(ctx: Ctx, args: FreezeArgs) -> dict[str, Any]:
     """Freeze a card so no new payment can be made with it."""
     ctx.check_credential(args.card_id)
     return ctx.deps.freeze_card(ctx.idempotency_key, args.card_id, args.reason)
+
+
+@tool("payments.reverse_refund", target="refund_id", risk_tier="medium")
+def reverse_refund(ctx: Ctx, args: ReverseRefundArgs) -> dict[str, Any]:
+    """Take back a refund (the compensation of payments.refund when its run fails or is cancelled)."""
+    ctx.check_credential(args.refund_id)
+    return ctx.deps.reverse_refund(ctx.idempotency_key, args.refund_id, args.ticket_id)
+
+
+@tool("cards.restore", target="card_id", risk_tier="medium")
+def restore(ctx: Ctx, args: RestoreCardArgs) -> dict[str, Any]:
+    """Put a card back in the status it had before it was frozen (the compensation of cards.freeze)."""
+    ctx.check_credential(args.card_id)
+    return ctx.deps.restore_card(ctx.idempotency_key, args.card_id, args.status)
 
 
 @tool("crm.delete_customer", target="customer_id", risk_tier="critical")
@@ -198,4 +226,4 @@ def delete_customer(ctx: Ctx, args: DeleteCustomerArgs) -> dict[str, Any]:
 
 
 TOOLS = [open_ticket, get_ticket, lookup_customer, tag, route, reply, escalate, open_issue, post, refund, freeze,
-         delete_customer]  # fmt: skip
+         reverse_refund, restore, delete_customer]  # fmt: skip
