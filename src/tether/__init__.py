@@ -4,6 +4,7 @@ The public API. Everything not named here may change between versions.
 """
 
 from tether.errors import (
+    AccessDenied,
     ApprovalError,
     InvalidArguments,
     LedgerError,
@@ -16,6 +17,7 @@ from tether.errors import (
     ToolError,
     UnknownTool,
     WorkflowError,
+    WorkflowKilled,
 )
 from tether.guardrails.approvals import ApprovalInbox, ApprovalRequest
 from tether.guardrails.cedar import CedarPolicy
@@ -36,10 +38,10 @@ from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Args, Grant, Tool, ToolContext, tool
 
 __all__ = [
-    "ApprovalError", "ApprovalInbox", "CedarPolicy", "PolicyStack", "load_policy", "ApprovalRequest", "Args", "Choice", "Database", "Decision",
+    "AccessDenied", "ApprovalError", "ApprovalInbox", "CedarPolicy", "PolicyStack", "load_policy", "ApprovalRequest", "Args", "Choice", "Database", "Decision",
     "DecisionRequest", "End", "Grant", "InvalidArguments", "Ledger", "LedgerEntry", "LedgerError", "Model",
     "Next", "NonDeterminismError", "PII", "Redactor", "SECRET", "PolicyError", "PolicySet", "Retryable", "RunContext", "RunNotFound", "RunResult",
     "Runtime", "StoreError", "TetherError", "TextClassifier", "Tool", "ToolCall", "ToolContext", "ToolError",
     "ToolProxy", "ToolRegistry", "ToolResult", "UnknownTool", "Usage", "VerifyReport", "Workflow",
-    "WorkflowError", "load_workflow", "tool",
+    "WorkflowError", "WorkflowKilled", "load_workflow", "tool",
 ]  # fmt: skip

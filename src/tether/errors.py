@@ -47,6 +47,14 @@ class RunNotFound(TetherError):
     pass
 
 
+class WorkflowKilled(WorkflowError):
+    """The workflow's kill switch is on: new runs are refused."""
+
+
+class AccessDenied(TetherError):
+    """An API key that is missing, unknown, revoked, or acting outside its role."""
+
+
 class Retryable(Exception):
     """Raised by a tool for a failure worth trying again (a 429, a dropped connection).
 

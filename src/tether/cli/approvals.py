@@ -13,6 +13,7 @@ from tether.cli._common import (
 )
 from tether.cli.runs import result_line
 from tether.guardrails.approvals import ApprovalInbox, add_approver, list_approvers
+from tether.orchestration.decide import decide_and_resume
 from tether.orchestration.runtime import Runtime
 from tether.orchestration.workflow import load
 from tether.record import runs as store
@@ -42,40 +43,16 @@ def approvals(ctx: click.Context, show_all: bool, db_url: str | None, as_json: b
 
 
 def _decide(approval_id: str, approve: bool, user: str, reason: str | None, db_url: str | None, as_json: bool) -> None:
-    db = open_db(db_url)
-    inbox = ApprovalInbox(db)
-    pending = inbox.get(approval_id)
-    with db.read() as conn:
-        wf = load(store.get_run(conn, pending.run_id).workflow_ref)  # fails before anything is decided
-    req = inbox.decide(approval_id, approve=approve, by=user, reason=reason)
-    if req.status == "pending":  # more approvers needed: the run keeps waiting
-        if as_json:
-            echo_json({"approval": req.to_json(), "run": None})
-        else:
-            click.echo(f"{req.id} vote recorded: {req.votes} of {req.required} approvals"
-                       + (f" (role {req.role})" if req.role else ""))  # fmt: skip
-        return
-    with db.read() as conn:
-        started_on = store.get_run(conn, req.run_id).workflow_version
-    if started_on != wf.version:  # the decision stands; the run waits for code of its version (or --migrate)
-        note = (f"run {req.run_id} not resumed: it started on version {started_on}, the code here is {wf.version}; "
-                f"`tether runs resume {req.run_id} --migrate` re-runs it on this code")  # fmt: skip
-        if as_json:
-            echo_json({"approval": req.to_json(), "run": None, "note": note})
-        else:
-            click.echo(f"{req.id} {req.status} by {req.decided_by}")
-            click.echo(note)
-        return
-    runtime = Runtime(db)
-    try:
-        result = runtime.resume(req.run_id, wf)
-    finally:
-        runtime.close()
+    d = decide_and_resume(open_db(db_url), approval_id, approve=approve, by=user, reason=reason)
+    req = d.approval
     if as_json:
-        echo_json({"approval": req.to_json(), "run": result.__dict__})
-        return
-    click.echo(f"{req.id} {req.status} by {req.decided_by}")
-    click.echo(result_line(result))
+        echo_json(d.to_json())
+    elif req.status == "pending":  # more approvers needed: the run keeps waiting
+        click.echo(f"{req.id} vote recorded: {req.votes} of {req.required} approvals"
+                   + (f" (role {req.role})" if req.role else ""))  # fmt: skip
+    else:
+        click.echo(f"{req.id} {req.status} by {req.decided_by}")
+        click.echo(d.note or result_line(d.run))
 
 
 _user = click.option("--as", "user", required=True, help="Who decides (must not be who started the run).")

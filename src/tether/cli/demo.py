@@ -7,6 +7,7 @@ import sys
 import click
 
 from tether.cli._common import (
+    Progress,
     db_option,
     echo_json,
     json_option,
@@ -25,14 +26,10 @@ def demo(tickets: int, seed: int, db_url: str | None, as_json: bool) -> None:
     """Triage held-back Banking77 tickets end to end on the embedded default."""
     from tether.workflows.triage.demo import run_demo
 
-    def progress(done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            click.echo(f"\r  triaging tickets: {done}/{total}", err=True, nl=done == total)
-
     db = open_db(db_url, create=True)
     if not as_json:
         click.echo("loading the offline intent classifier (trained once, then cached)...", err=True)
-    s = run_demo(db, tickets=tickets, seed=seed, progress=progress)
+    s = run_demo(db, tickets=tickets, seed=seed, progress=Progress("triaging tickets", enabled=not as_json))
     if as_json:
         echo_json(s.to_json())
         return

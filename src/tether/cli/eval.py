@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from tether.cli._common import echo_json, json_option, one_line_errors, write_atomic
+from tether.cli._common import Progress, echo_json, json_option, one_line_errors, open_db, write_atomic
 
 
 @click.command(name="eval")
@@ -24,11 +24,12 @@ from tether.cli._common import echo_json, json_option, one_line_errors, write_at
 @click.option("--html", "html_out", default=None, help="Write a self-contained HTML report here.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N cases.")
 @click.option("--planner", default=None, help="A planner the workflow's eval hooks provide (retail: oracle, skip_auth, ...).")
+@click.option("--db", "db_url", metavar="URL", default=None, help="Also keep the result in this database (for the dashboard).")
 @json_option
 @one_line_errors
 def eval_(golden: str, concurrency: int, gate: bool, thresholds: str | None, baseline: str | None,
           policy_file: str | None, workflow_ref: str | None, out: str | None, html_out: str | None,
-          limit: int | None, planner: str | None, as_json: bool) -> None:  # fmt: skip
+          limit: int | None, planner: str | None, db_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Run a golden set and score actions and final state.
 
     GOLDEN is a JSONL golden set, or a task file the workflow named by --workflow imports
@@ -49,14 +50,11 @@ def eval_(golden: str, concurrency: int, gate: bool, thresholds: str | None, bas
         offered = tuple(getattr(load(workflow_ref or cases[0].workflow).evals, "planners", ()))
         if planner not in offered:
             raise GoldenError(f"unknown planner {planner!r} (this workflow offers: {', '.join(offered) or 'none'})")
-
-    def progress(done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            click.echo(f"\r  eval: {done}/{total} cases", err=True, nl=done == total)
+    store = open_db(db_url, create=True) if db_url else None  # so does a bad --db
 
     start = time.perf_counter()
-    results = run_cases(cases, concurrency=concurrency, policy=policy, workflow=workflow_ref, progress=progress,
-                        planner=planner)  # fmt: skip
+    results = run_cases(cases, concurrency=concurrency, policy=policy, workflow=workflow_ref,
+                        progress=Progress("eval cases", enabled=not as_json), planner=planner)
     result = aggregate(results, source=Path(golden).name)
     result.wall_s = round(time.perf_counter() - start, 3)
     result.cases_per_s = round(len(results) / result.wall_s, 2) if result.wall_s else 0.0
@@ -64,6 +62,10 @@ def eval_(golden: str, concurrency: int, gate: bool, thresholds: str | None, bas
         compare(result, baseline)
     apply_gates(result, gates)  # reported either way; only --gate changes the exit code
     data = result.to_json()
+    if store is not None:
+        from tether.evals.stored import save_result
+
+        save_result(store, data)
     if out:
         write_atomic(out, json.dumps(data, indent=1).encode())
     if html_out:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from tether.cli._common import (
+    Progress,
     db_option,
     echo_json,
     fail,
@@ -88,7 +89,7 @@ def export(db_url: str | None, out: str, run_id: str | None) -> None:
         led.export(sys.stdout, run_id)
         return
     buf = io.StringIO()
-    n = led.export(buf, run_id)
+    n = led.export(buf, run_id, progress=Progress("exporting ledger"))
     data = buf.getvalue().encode()
     entries = list(read_export(buf.getvalue().splitlines(), out)) if n else []
     first = (entries[0].seq, entries[0].hash) if entries else None

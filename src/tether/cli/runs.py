@@ -18,6 +18,7 @@ from tether.cli._common import (
 )
 from tether.errors import TetherError
 from tether.guardrails.loading import load_policy
+from tether.orchestration import rollout
 from tether.orchestration.runtime import (
     FAILED_STATUSES,
     FINAL_STATUSES,
@@ -62,6 +63,7 @@ def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, polic
     wf.parse_input(data)  # bad input fails before the database is touched
     policy = load_policy(policy_file) if policy_file else None
     runtime = Runtime(open_db(db_url, create=True), policy=policy)
+    wf = rollout.route(runtime.db, wf, data)  # a rollout under way may pick the candidate version
     try:
         r = runtime.start(wf, data, started_by=user or default_user(), tenant=tenant)
     finally:

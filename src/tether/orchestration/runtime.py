@@ -27,6 +27,7 @@ from tether.guardrails.limits import SharedRateLimiter
 from tether.guardrails.loading import Policy, policy_from_text
 from tether.models.base import Model
 from tether.orchestration._journal import Journal
+from tether.orchestration import rollout
 from tether.orchestration.context import EndRun, RunContext, Suspend
 from tether.orchestration.workflow import End, Workflow
 from tether.record import ledger
@@ -104,6 +105,7 @@ class Runtime:
         run_id = run_id or "run_" + secrets.token_hex(8)
         plain_input = parsed.model_dump(mode="json")
         with self.db.transaction() as conn:
+            rollout.refuse_if_killed(conn, workflow.name)
             loaded = store.store_policy(conn, policy.hash, policy.source, policy.text)
             if loaded:  # a new policy version is an audited event
                 ledger.append(conn, "policy_loaded", loaded)
@@ -243,7 +245,7 @@ class Runtime:
                     if cancelled:  # the state machine stops where it is; only its effects are undone
                         status, outcome, error = CANCELLED, None, f"cancelled by {(cancel or _cancel_of(recorded))['by']}"
                     else:
-                        end = drive(workflow, ctx)
+                        end = drive(workflow, ctx, halted=lambda: rollout.kill_reason(self.db, workflow.name))
                         status, outcome, error = end.status, end.outcome, end.error
                 except NonDeterminismError as e:
                     if revert is None:
@@ -362,14 +364,18 @@ class Runtime:
         return self._models[workflow.name]
 
 
-def drive(workflow: Workflow[Any, Any], ctx: RunContext[Any, Any]) -> End:
-    """Walk the state machine from its initial state; the step budget bounds the walk."""
+def drive(workflow: Workflow[Any, Any], ctx: RunContext[Any, Any], halted: Callable[[], str | None] | None = None) -> End:
+    """Walk the state machine from its initial state; the step budget bounds the walk.
+
+    `halted` is asked before every step: a reason ends the run as `halted` (the kill switch)."""
     state = workflow.initial or ""
     step = 0
     while True:
         step += 1
         if step > workflow.max_steps:
             raise EndRun("budget_exhausted", f"step budget of {workflow.max_steps} steps used up in {state!r}")
+        if halted is not None and (why := halted()):
+            raise EndRun(store.HALTED, f"halted before step {step} ({state!r}) by the kill switch: {why}")
         ctx._enter(state, step)
         nxt = workflow.states[state].fn(ctx)
         if ctx._ended:  # the state caught the end of its run and carried on

@@ -231,7 +231,7 @@ def load(ref: str) -> Workflow[Any, Any]:
     module_name, _, attr = target.partition(":")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError) as e:  # ValueError: an empty module name
         raise WorkflowError(f"cannot load workflow {ref!r}: {e}") from None
     if not isinstance(obj, Workflow):
         raise WorkflowError(f"{ref!r} is not a tether Workflow")

@@ -12,7 +12,7 @@ consistent chain: anchor the head outside the database (export manifests) for th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -199,11 +199,16 @@ class Ledger:
             head = _head(conn)
             return verify_entries(_entries(conn, None), head=head)
 
-    def export(self, out: TextIO, run_id: str | None = None) -> int:
+    def export(self, out: TextIO, run_id: str | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+        total = self.head()[0] if progress else 0
         n = 0
         for e in self.entries(run_id):
             out.write(json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
             n += 1
+            if progress and n % 1000 == 0:
+                progress(min(e.seq, total), total)
+        if progress:
+            progress(total, total)
         return n
 
 

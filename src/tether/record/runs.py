@@ -53,7 +53,9 @@ def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:
 # Final statuses of a run (the runtime also uses running, waiting_approval, interrupted).
 FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected", "deadline_exceeded")
 CANCELLED = "cancelled"  # stopped by a person; its effects compensated
-FINAL_STATUSES = ("completed", "escalated", CANCELLED, *FAILED_STATUSES)
+# A run stopped by its workflow's kill switch: the manual fallback queue, for a person to finish.
+HALTED = "halted"
+FINAL_STATUSES = ("completed", "escalated", CANCELLED, HALTED, *FAILED_STATUSES)
 
 # Bump when the meaning of recorded events changes; replay refuses other formats.
 RECORD_FORMAT = 1

@@ -187,3 +187,43 @@ rate_buckets = sa.Table(
     sa.Column("tokens", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),  # wall-clock seconds
 )
+
+# API keys for `tether serve`. Only a SHA-256 of the key is kept: keys are 256-bit
+# random secrets, so a slow password hash would add cost to every request and no safety.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("scope", sa.String(200)),  # approvers: the tool family they may decide, a glob
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("revoked_at", sa.String(32)),
+)
+
+# Per workflow: which version takes what share of new runs, and the kill switch.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("workflow", sa.String(200), primary_key=True),
+    sa.Column("stable_ref", sa.String(400), nullable=False),
+    sa.Column("candidate_ref", sa.String(400)),
+    sa.Column("percent", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("steps", sa.JSON, nullable=False),
+    sa.Column("key_field", sa.String(100), nullable=False),
+    sa.Column("killed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("kill_reason", sa.Text),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+)
+
+# Eval results kept for the dashboard (`tether eval --db URL` stores one per run of a suite).
+eval_results = sa.Table(
+    "eval_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(400), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False, index=True),
+    sa.Column("summary", sa.JSON, nullable=False),
+)
