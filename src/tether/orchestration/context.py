@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from tether.errors import NonDeterminismError
 from tether.guardrails import approvals
 from tether.guardrails.policy import Decision
-from tether.models.base import Choice, DecisionRequest, Model
+from tether.models.base import CallContext, Choice, DecisionRequest, Model, call_context
 from tether.orchestration._journal import Journal
 from tether.orchestration.workflow import DepsT, InputT
 from tether.record.canonical import digest
@@ -62,6 +62,7 @@ class RunContext(Generic[InputT, DepsT]):
         approval_source: Callable[[ToolCall, Decision], Approval | None] | None = None,
         tracer: Any = None,
         history: Callable[[str, str], bool] | None = None,
+        meter: Any = None,  # tether.models.meter.RunMeter: prices calls, enforces the run's cost ceiling
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -77,6 +78,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._approval_source = approval_source  # replay answers approvals from the recording
         self._tracer = tracer  # None: no spans (replay)
         self._history = history  # (tenant, tool) -> never executed for this tenant before?
+        self._meter = meter
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
@@ -142,20 +144,34 @@ class RunContext(Generic[InputT, DepsT]):
             if ev.kind != "choice" or ev.data["point"] != point or ev.data["request_digest"] != request_digest:
                 raise NonDeterminismError(f"op {op}: the recorded run did not ask the model {point!r} with this input")
             return Choice.model_validate(ev.data["choice"])
+        if self._meter is not None:
+            why = self._meter.check(self._model(), request)
+            if why:
+                raise self._end("cost_ceiling", why)
+        cost = None
         with self._span("chat", {"gen_ai.operation.name": "chat", "tether.decision.point": point,
                                  "tether.decision.options": len(request.options)}) as span:  # fmt: skip
-            choice = self._ask(request)
+            with call_context(CallContext(tenant=self.tenant, run_id=self.id, workflow=self.workflow.name,
+                                          policy_hash=getattr(self._policy, "hash", ""))):  # fmt: skip
+                choice = self._ask(request)
+            if self._meter is not None:
+                cost = self._meter.charge(choice)
             span.update_name(f"chat {choice.model}")
             span.set_attributes({
                 "gen_ai.request.model": choice.model, "gen_ai.response.model": choice.model,
                 "gen_ai.usage.input_tokens": choice.usage.input_tokens,
                 "gen_ai.usage.output_tokens": choice.usage.output_tokens,
                 "tether.decision.option": choice.option or "", "tether.decision.confidence": choice.confidence,
-                "tether.cost.usd": 0.0,
+                "tether.cost.usd": cost["cost_usd"] if cost else 0.0,
             })  # fmt: skip
             if choice.error:
                 span.set_status(StatusCode.ERROR, self._journal.db.redactor.text(choice.error)[:300])
-        self._journal.add("choice", op, {"point": point, "request_digest": request_digest, "choice": choice.model_dump()})
+        data = {"point": point, "request_digest": request_digest, "choice": choice.model_dump()}
+        if cost is not None:
+            data["cost"] = cost
+            self._journal.add_costs(op, self.tenant, self.workflow.name, cost["calls"])
+            self._journal.set_run_values(cost_usd=round(self._meter.spent, 8), tokens=self._meter.tokens)
+        self._journal.add("choice", op, data)
         self._store_prompt(op, request, choice)
         return choice
 

@@ -51,7 +51,7 @@ def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:
 
 
 # Final statuses of a run (the runtime also uses running, waiting_approval, interrupted).
-FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected")
+FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected", "cost_ceiling")
 FINAL_STATUSES = ("completed", "escalated", *FAILED_STATUSES)
 
 # Bump when the meaning of recorded events changes; replay refuses other formats.
