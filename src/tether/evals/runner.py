@@ -70,7 +70,7 @@ def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, p
             escalated=r.status == "escalated", route_expected=case.route,
             route_observed=wf.evals.observed_route(acts, r.status) if wf.evals else None,
             steps=r.steps, latency_ms=round(latency, 3),
-            cost_usd=0.0,  # no priced model calls yet: the offline model costs nothing per call
+            cost_usd=round(sum(e.data.get("cost", {}).get("cost_usd", 0.0) for e in events if e.kind == "choice"), 8),
             tokens=tokens, actions=[a.tool for a in executed(acts, wf)], run_id=r.run_id, error=r.error,
         )  # fmt: skip
     finally:

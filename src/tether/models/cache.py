@@ -6,8 +6,8 @@ Safe by construction:
 - **personalisation**: observation fields named `personal` (customer id, ticket id,
   name...) are left out of the key, and where the answer's arguments carry their
   values those become `{{field}}` placeholders, filled from the next customer's
-  observation on a hit. An answer that would still carry a personal value
-  elsewhere is not cached;
+  observation on a hit. An answer that still carries personal data the
+  redactor finds (emails, phone or card numbers...) is not cached;
 - **versions**: the key covers the policy hash and the prompt (instructions, options,
   model), so a changed policy or prompt never hits an old answer;
   `invalidate_stale` deletes those entries; entries expire after `ttl_s`;
@@ -151,7 +151,7 @@ class CachedModel:
         return estimate(self.model, request)  # a miss costs what the model costs
 
     def _template(self, args: Any, observation: dict[str, Any]) -> Any:
-        """Personal values become placeholders; None when one would remain in the answer."""
+        """Personal values become placeholders; None when other personal data would remain in the answer."""
         values = {str(observation[f]): f for f in self.personal if observation.get(f) not in (None, "")}
 
         def walk(v: Any) -> Any:
@@ -165,8 +165,22 @@ class CachedModel:
             return v
 
         out = walk(args)
-        flat = repr(out)
-        return None if any(value in flat for value in values) else out
+        strings: list[str] = []
+
+        def collect(v: Any) -> None:
+            if isinstance(v, dict):
+                for x in v.values():
+                    collect(x)
+            elif isinstance(v, list):
+                for x in v:
+                    collect(x)
+            elif isinstance(v, str):
+                strings.append(v)
+
+        collect(out)
+        red = self.cache.db.redactor
+        # Personal data the placeholders did not catch (an email, a phone or card number): never shared.
+        return None if any(red.text(x) != x for x in strings) else out
 
 
 def _fill(template: Any, observation: dict[str, Any]) -> Any:
