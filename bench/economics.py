@@ -6,6 +6,8 @@ Part 1 runs a workload of triage tasks (Banking77 held-back tickets, each on a
 fresh copy of the systems of record, through the real runtime, gate and cost meter)
 under each configuration, without and with the answer cache:
 - single large model: the single-loop agent, one large-model call per action;
+- flow, large model: the reference flow (a state machine) with the large model
+  classifying every ticket, one call per ticket;
 - router: the reference flow, the offline classifier first, the large model only
   below 0.6 confidence;
 - plan-big/execute-small: one large-model plan, executed through the gate without a model.
@@ -82,17 +84,19 @@ def configurations(folder: Path, cached: bool) -> dict[str, Any]:
         return AnswerCache(Database(f"sqlite:///{folder}/cache-{time.perf_counter_ns()}.db"))
 
     large = lambda: agents.StandIn("scripted:large")  # noqa: E731
-    single, planned, routed = copy.copy(agents.loop), copy.copy(agents.planned), copy.copy(triage)
+    single, planned, routed, flow = copy.copy(agents.loop), copy.copy(agents.planned), copy.copy(triage), copy.copy(triage)
     routed.model_factory = lambda: Router([classifier(), large()], threshold=0.6)
+    flow.model_factory = large
     caches: dict[str, AnswerCache] = {}
     if cached:
-        for name, wf, personal in (("single large model", single, ["ticket_id"]), ("router", routed, []),
-                                   ("plan-big/execute-small", planned, ["ticket_id"])):  # fmt: skip
+        for name, wf, personal in (("single large model", single, ["ticket_id"]), ("flow, large model", flow, []),
+                                   ("router", routed, []), ("plan-big/execute-small", planned, ["ticket_id"])):  # fmt: skip
             c = caches[name] = cache()
             inner = wf.model_factory
             model = CachedModel(inner(), c, personal=personal, min_confidence=0.6)  # one model, one cache per configuration
             wf.model_factory = lambda m=model: m
-    return {"single large model": single, "router": routed, "plan-big/execute-small": planned, "_caches": caches}
+    return {"single large model": single, "flow, large model": flow, "router": routed, "plan-big/execute-small": planned,
+            "_caches": caches}
 
 
 def run(wf: Any, cases: list[Case], folder: Path) -> dict[str, Any]:

@@ -172,3 +172,50 @@ def test_demo_json_reports_cost_and_tokens(db_url: str) -> None:
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["cost_usd"] == 0.0 and out["tokens"] == 0  # the offline classifier is free and uses no LLM tokens
+
+
+def test_runs_show_reports_cost_per_run_and_step(db_url: str) -> None:
+    db = Database(db_url)
+    r = Runtime(db, model=lambda: Priced()).start(_asking_workflow(), {})
+    db.dispose()
+    out = json.loads(CliRunner().invoke(cli, ["runs", "show", r.run_id, "--db", db_url, "--json"]).stdout)
+    assert out["cost_usd"] == pytest.approx(3 * ONE_CALL) and out["tokens"] == 3300
+    assert out["cost_by_step"] == {"1": pytest.approx(3 * ONE_CALL)}
+    text = CliRunner().invoke(cli, ["runs", "show", r.run_id, "--db", db_url]).stdout
+    assert "q0 -> yes (0.90, gpt-4.1 $0.002800)" in text
+
+
+def test_a_resumed_run_keeps_what_it_spent_before_the_pause(db: Database) -> None:
+    from tether import ApprovalInbox
+
+    wf: Workflow[Job, World] = Workflow("ask_refund_ask", input=Job, tools=TOOLS, policy=POLICY, deps=lambda db: World())
+
+    @wf.state(initial=True, goes_to=[])
+    def go(run: Any) -> Any:
+        run.choose("before", ["yes"], {"text": "x" * 400})
+        run.call("payments.refund", {"transaction_id": "T1", "amount_usd": 500})  # over 100: waits for a person
+        run.choose("after", ["yes"], {"text": "x" * 400})
+        return End("completed", "done")
+
+    model = Priced()
+    rt = Runtime(db, model=lambda: model, cost_ceiling_usd=0.005)
+    r = rt.start(wf, {}, started_by="alice")
+    assert r.status == "waiting_approval" and len(model.asked) == 1
+    ApprovalInbox(db).decide(r.approval_id or "", approve=True, by="bob", reason="ok")
+    r = Runtime(db, model=lambda: model, cost_ceiling_usd=0.005).resume(r.run_id, wf)
+    assert r.status == "cost_ceiling" and len(model.asked) == 1  # $0.0028 spent before the pause still counts
+
+
+def test_the_costs_migration_matches_the_tables(db: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from tether.record.tables import metadata
+
+    mine = {"model_calls", "budgets", "answer_cache", "memory_items", "observations"}
+    with db.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+    def touches(d: Any) -> bool:
+        text = repr(d)
+        return any(t in text for t in mine) or "cost_usd" in text or "'tokens'" in text
+    assert [d for d in diffs if touches(d)] == []

@@ -25,6 +25,7 @@ from tether.cli import cli
 from tether.models.base import ModelError
 from tether.models.config import ModelConfigError, model_from_env
 from tether.models.providers import AnthropicModel, Fallback, OpenAIModel
+from tether.models.router import Router
 from tether.record.db import Database
 from tether.record.tables import model_calls, prompts, run_events, runs
 from tether.tools.secrets import SecretError
@@ -175,6 +176,18 @@ def test_configuration_picks_the_provider(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("TETHER_MODEL", "openai:gpt-4.1-mini,anthropic:claude-haiku-4-5")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-env")
     assert isinstance(model_from_env(offline=lambda: None), Fallback)
+    monkeypatch.setenv("TETHER_ROUTER", "offline,openai:gpt-4.1-mini,anthropic:claude-haiku-4-5")
+    monkeypatch.setenv("TETHER_ROUTER_THRESHOLD", "0.7")
+    r = model_from_env(offline=lambda: Fixed())
+    assert isinstance(r, Router) and [m.name for m in r.tiers] == ["fixed", "openai:gpt-4.1-mini", "anthropic:claude-haiku-4-5"]
+    assert r.thresholds == [0.7, 0.7, 0.7]
+    monkeypatch.setenv("TETHER_ROUTER_THRESHOLD", "high")
+    with pytest.raises(ModelConfigError, match=r"\$TETHER_ROUTER_THRESHOLD must be a number"):
+        model_from_env(offline=lambda: Fixed())
+
+
+class Fixed:
+    name = "fixed"
 
 
 def test_triage_on_an_openai_compatible_server_through_the_cli(monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:
@@ -199,3 +212,11 @@ def test_triage_on_an_openai_compatible_server_through_the_cli(monkeypatch: pyte
         for table in (run_events, prompts):  # the key never lands in the database
             assert "sk-local-secret-789" not in json.dumps([dict(r._mapping) for r in conn.execute(sa.select(table))], default=str)
     db.dispose()
+
+
+def test_options_that_are_not_tools_are_offered_as_tools_too() -> None:
+    req = DecisionRequest(point="next_action", options=["payments.refund", "done"], tools=[REFUND_SPEC], observation={"history": []})
+    with openai_server([openai_tool_call("done", "{}")]) as srv:
+        choice = _openai(srv.url).choose(req)
+    assert (choice.option, choice.args) == ("done", {})
+    assert [t["function"]["name"] for t in srv.requests[0]["json"]["tools"]] == ["payments__refund", "done"]

@@ -147,3 +147,26 @@ def test_a_denied_step_goes_back_to_the_planner(db: Database) -> None:
     assert "crm.delete_customer" in proposals and proposals[-1] == "helpdesk.escalate"
     assert all(e.data["proposer"].startswith("planner:") for e in events if e.kind == "proposal" and e.data["tool"] != "helpdesk.get_ticket"
                and e.data["tool"] != "crm.lookup_customer")  # fmt: skip
+
+
+def test_eval_under_a_configured_router_reports_model_routes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """TETHER_ROUTER: the offline classifier, then an OpenAI-compatible server; the eval records routes per model."""
+    import json
+
+    from click.testing import CliRunner
+
+    from _llm_servers import openai_content, openai_server
+    from tether.cli import cli
+
+    with openai_server([openai_content('{"option": "card_arrival", "confidence": 0.95}', prompt=900, completion=12)]) as srv:
+        monkeypatch.setenv("TETHER_ROUTER", "offline,compatible:gpt-4.1")
+        monkeypatch.setenv("TETHER_MODEL_BASE_URL", srv.url + "/v1")
+        out = tmp_path / "result.json"
+        r = CliRunner().invoke(cli, ["eval", str(GOLDEN), "--limit", "60", "--out", str(out)])
+    assert r.exit_code == 0, r.output + r.stderr
+    res = json.loads(out.read_text())
+    routes = res["model_routes"]
+    assert routes["offline:banking77-intent"]["cases"] > 40 and routes["offline:banking77-intent"]["routing_accuracy"] > 0.85
+    assert routes["compatible:gpt-4.1"]["cases"] == len(srv.requests) > 0  # every escalation reached the server
+    assert res["model_escalation_share"] == pytest.approx(len(srv.requests) / 60, abs=1e-4)
+    assert res["cost_total_usd"] == pytest.approx(len(srv.requests) * (900 * 2.0 + 12 * 8.0) / 1e6, abs=1e-6)

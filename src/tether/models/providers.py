@@ -41,6 +41,14 @@ def _wire_name(tool: str) -> str:
     return _SAFE.sub("__", tool.replace(".", "__"))  # providers allow [a-zA-Z0-9_-] in tool names
 
 
+def offered(request: DecisionRequest) -> list[dict[str, Any]]:
+    """Tool specs for a tool request; options that are not tools (e.g. `done`) become argument-less tools."""
+    named = {t["name"] for t in request.tools}
+    extra = [{"name": o, "description": f"Choose {o!r}.", "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}
+             for o in request.options if o not in named]  # fmt: skip
+    return [*request.tools, *extra]
+
+
 def label_schema(options: list[str]) -> dict[str, Any]:
     return {
         "type": "object",
@@ -94,7 +102,7 @@ class _Provider:
         return [ModelCall(model=self.name, usage=one)]
 
     def _tool_choice(self, request: DecisionRequest, wire: str, args: Any) -> Choice:
-        by_wire = {_wire_name(t["name"]): t for t in request.tools}
+        by_wire = {_wire_name(t["name"]): t for t in offered(request)}
         spec = by_wire.get(wire)
         if spec is None:
             raise OutputError(f"called tool {wire!r}, which was not offered")
@@ -155,7 +163,7 @@ class OpenAIModel(_Provider):
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_output_tokens}
         if request.tools:
             kwargs["tools"] = [{"type": "function", "function": {"name": _wire_name(t["name"]), "description": t.get("description", ""),
-                                                                 "parameters": t["parameters"]}} for t in request.tools]  # fmt: skip
+                                                                 "parameters": t["parameters"]}} for t in offered(request)]  # fmt: skip
             kwargs["tool_choice"] = "required"
         else:
             kwargs["response_format"] = {"type": "json_schema",
@@ -216,7 +224,7 @@ class AnthropicModel(_Provider):
 
         if request.tools:
             tools = [{"name": _wire_name(t["name"]), "description": t.get("description", ""), "input_schema": t["parameters"]}
-                     for t in request.tools]  # fmt: skip
+                     for t in offered(request)]  # fmt: skip
             tool_choice: dict[str, Any] = {"type": "any"}
         else:
             tools = [{"name": "choose", "description": "Give your answer.", "input_schema": label_schema(request.options)}]
