@@ -125,8 +125,10 @@ def test_costs_command_and_budget_cli(db_url: str) -> None:
     assert r.exit_code == 0 and "by model:" in r.stdout and "gpt-4.1" in r.stdout
     r = cli_run.invoke(cli, ["costs", "budget", "tenant", "acme", "--daily", "0.01", "--db", db_url])
     assert r.exit_code == 0, r.stderr
-    r = cli_run.invoke(cli, ["run", "tests_flow_asker", "--db", db_url, "--input", "{}"])  # unknown workflow: plain error
-    assert r.exit_code != 0
+    r = cli_run.invoke(cli, ["costs", "budget", "feature", "support_triage", "--daily", "0", "--db", db_url])
+    r = cli_run.invoke(cli, ["run", "support_triage", "--db", db_url, "--input", '{"customer_id": "C0001", "text": "where is my card"}'])
+    assert r.exit_code == 1 and r.stderr.startswith("error: daily budget of feature 'support_triage' is spent ($0.0000 of $0.0000)")
+    cli_run.invoke(cli, ["costs", "budget", "feature", "support_triage", "--daily", "0", "--remove", "--db", db_url])
     with db.read() as conn:
         from tether.models.budgets import list_budgets
 
@@ -219,3 +221,13 @@ def test_the_costs_migration_matches_the_tables(db: Database) -> None:
         text = repr(d)
         return any(t in text for t in mine) or "cost_usd" in text or "'tokens'" in text
     assert [d for d in diffs if touches(d)] == []
+
+
+def test_chat_spans_carry_the_cost(db: Database) -> None:
+    from tether.record.tables import spans
+
+    r = Runtime(db, model=lambda: Priced()).start(_asking_workflow(), {})
+    with db.read() as conn:
+        rows = conn.execute(sa.select(spans.c.name, spans.c.attributes).where(spans.c.run_id == r.run_id)).all()
+    chats = [a for n, a in rows if n.startswith("chat ")]
+    assert len(chats) == 3 and all(a["tether.cost.usd"] == pytest.approx(ONE_CALL) for a in chats)
