@@ -174,3 +174,13 @@ def test_history_past_the_threshold_becomes_a_summary() -> None:
     assert short[0]["summary"].startswith("2 earlier step(s): crm.lookup_customer ok; helpdesk.tag ok")
     assert short[1:] == steps[2:] and "output" not in short[0]["calls"][0]
     assert tokens(short) < tokens(steps) / 3
+
+
+def test_a_customer_without_the_personal_fields_bypasses_the_cache(db: Database) -> None:
+    inner = Counting(args={"ticket_id": "{ticket_id}"})
+    m = CachedModel(inner, AnswerCache(db), personal=["ticket_id"])
+    _ask(m, "acme", "status?", ticket_id="T-1")
+    c = _ask(m, "acme", "status?", ticket_id="")  # nothing to personalise with: the model answers, nothing is stored
+    assert not c.model_calls[0].cached and inner.calls == 2 and (m.cache.stats.hits, m.cache.stats.misses, m.cache.stats.stored) == (0, 1, 1)
+    c = _ask(m, "acme", "status?", ticket_id="T-3")
+    assert c.model_calls[0].cached and c.args == {"ticket_id": "T-3"}

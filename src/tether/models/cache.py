@@ -123,12 +123,17 @@ class CachedModel:
         return digest([tenant, policy_hash, self.prompt_hash(request), obs])
 
     def choose(self, request: DecisionRequest) -> Choice:
+        if any(request.observation.get(f) in (None, "") for f in self.personal):
+            return self.model.choose(request)  # nothing to personalise with: neither served from nor stored in the cache
         ctx = current_context()
         key = self._key(ctx.tenant, ctx.policy_hash, request)
         hit = self.cache.get(ctx.tenant, key)
         if hit is not None:
             args = _fill(hit["args"], request.observation)
-            if args is not None:
+            if args is None:  # this customer lacks a value the template needs: ask the model after all
+                self.cache.stats.hits -= 1
+                self.cache.stats.misses += 1
+            else:
                 return Choice(point=request.point, option=hit["option"], args=args, confidence=hit["confidence"],
                               model=self.name, usage=Usage(),
                               calls=[ModelCall(model=self.name, cached=True, confidence=hit["confidence"])])  # fmt: skip
