@@ -220,3 +220,15 @@ def test_options_that_are_not_tools_are_offered_as_tools_too() -> None:
         choice = _openai(srv.url).choose(req)
     assert (choice.option, choice.args) == ("done", {})
     assert [t["function"]["name"] for t in srv.requests[0]["json"]["tools"]] == ["payments__refund", "done"]
+
+
+def test_a_bad_model_configuration_fails_before_the_run_exists(monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:
+    for var in ("OPENAI_API_KEY", "TETHER_SECRET_OPENAI_API_KEY", "TETHER_ROUTER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TETHER_MODEL", "openai:gpt-4.1-mini")
+    r = CliRunner().invoke(cli, ["run", "support_triage", "--db", db_url, "--input", '{"customer_id": "C0001", "text": "where is my card"}'])
+    assert r.exit_code == 1 and r.stderr.startswith("error: secret 'OPENAI_API_KEY' is not set")
+    db = Database(db_url)
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 0
+    db.dispose()

@@ -103,6 +103,8 @@ class Runtime:
         policy = self.policy or workflow.policy()
         self._lint(workflow, policy)
         self._ceiling(workflow)  # a bad $TETHER_COST_CEILING_USD fails here, before the run exists
+        if self.model is not None or workflow.model_factory is not None:
+            self._model_for(workflow)  # so does a bad model configuration (unknown provider, missing key)
         started_by = principal(started_by or default_user())
         run_id = run_id or "run_" + secrets.token_hex(8)
         plain_input = parsed.model_dump(mode="json")
