@@ -232,3 +232,14 @@ def test_a_bad_model_configuration_fails_before_the_run_exists(monkeypatch: pyte
     with db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 0
     db.dispose()
+
+
+def test_anthropic_persistent_errors_end_in_a_model_error() -> None:
+    with anthropic_server([anthropic_error(500, "api_error")]) as srv:
+        with pytest.raises(ModelError, match="HTTP 500 after retries"):
+            _anthropic(srv.url).choose(LABEL_REQ)
+    assert len(srv.requests) == 2  # one try, one retry
+    with anthropic_server([anthropic_error(429, "rate_limit_error")]) as srv:
+        with pytest.raises(ModelError, match="HTTP 429 after retries"):
+            _anthropic(srv.url, max_retries=2).choose(LABEL_REQ)
+    assert len(srv.requests) == 3
