@@ -7,14 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from tether.cli import cli
+from tether.errors import WorkflowError
 from tether.evals.golden import Case, load_suite
 from tether.guardrails.approvals import ApprovalInbox
 from tether.guardrails.loading import load_policy
 from tether.orchestration.runtime import Runtime
 from tether.record.db import Database
+from tether.record.tables import runs as runs_table
 from tether.workflows.retail import workflow
 from tether.workflows.retail.evals import changed_state, run_task, template
 from tether.workflows.retail.planners import PlannerModel, ScriptedPlanner, Step, complete, tau2_steps
@@ -323,9 +326,11 @@ def _state_of(case: Case) -> dict[str, Any]:
     return out
 
 
-def test_no_planner_configured_fails_the_run_cleanly(db: Database) -> None:
-    r = Runtime(db).start(workflow, {"conversation_id": "c1", "request": "cancel my order"}, started_by="ops")
-    assert r.status == "failed" and "needs a planner" in (r.error or "")
+def test_no_planner_configured_refuses_the_run_before_it_exists(db: Database) -> None:
+    with pytest.raises(WorkflowError, match="needs a planner"):
+        Runtime(db).start(workflow, {"conversation_id": "c1", "request": "cancel my order"}, started_by="ops")
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar() == 0
 
 
 def test_invalid_plan_goes_back_to_the_planner(db: Database) -> None:

@@ -24,7 +24,13 @@ from tether.guardrails.cedar import CedarPolicy
 from tether.guardrails.loading import PolicyStack, load_policy
 from tether.guardrails.policy import Decision, PolicySet
 from tether.models.base import Choice, DecisionRequest, Model, Usage
+from tether.models.budgets import BudgetExceeded
+from tether.models.cache import AnswerCache, CachedModel
+from tether.models.config import model_from_env
 from tether.models.offline import TextClassifier
+from tether.models.planner import plan_and_execute
+from tether.models.providers import AnthropicModel, Fallback, OpenAIModel
+from tether.models.router import Router
 from tether.orchestration.context import RunContext
 from tether.orchestration.runtime import RunResult, Runtime
 from tether.orchestration.workflow import End, Next, Workflow
@@ -44,4 +50,6 @@ __all__ = [
     "Runtime", "StoreError", "TetherError", "TextClassifier", "Tool", "ToolCall", "ToolContext", "ToolError",
     "ToolProxy", "ToolRegistry", "ToolResult", "UnknownTool", "Usage", "VerifyReport", "Workflow",
     "WorkflowError", "WorkflowKilled", "load_workflow", "tool",
+    "AnswerCache", "AnthropicModel", "BudgetExceeded", "CachedModel", "Fallback", "OpenAIModel", "Router",
+    "model_from_env", "plan_and_execute",
 ]  # fmt: skip

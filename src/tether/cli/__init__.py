@@ -7,6 +7,7 @@ import sys
 import click
 
 from tether.cli.approvals import approvals, approvers
+from tether.cli.costs import costs
 from tether.cli.demo import demo
 from tether.cli.eval import eval_
 from tether.cli.ledger import ledger
@@ -24,7 +25,7 @@ def cli() -> None:
 
 
 for command in (demo, run, runs, approvals, approvers, policy, ledger, replay, eval_, purge, metrics,
-                serve, keys, rollout, kill):
+                serve, keys, rollout, kill, costs):
     cli.add_command(command)
 
 

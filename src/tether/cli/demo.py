@@ -47,6 +47,7 @@ def demo(tickets: int, seed: int, db_url: str | None, as_json: bool) -> None:
     click.echo("actions taken:")
     for tool, n in s.actions.items():
         click.echo(f"  {tool:<{w - 2}}{n}")
+    click.echo(f"{'model spend':<{w}}${s.cost_usd:.4f}  ({s.tokens} tokens)")
     click.echo(f"{'ledger':<{w}}{'verified' if s.ledger_ok else 'BROKEN'} ({s.ledger_entries} entries)")
     click.echo(f"{'wall time':<{w}}{s.wall_s:.2f} s  ({s.runs_per_s:.1f} runs/s; model load {s.model_load_s:.2f} s)")
     if s.pending_approvals:

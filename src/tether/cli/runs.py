@@ -124,9 +124,14 @@ def show(run_id: str, show_trace: bool, db_url: str | None, as_json: bool) -> No
             click.echo(f"trace {spans[0]['trace_id']}, {len(spans)} spans")
         return
     head = {c: getattr(row, c) for c in ("id", "workflow", "workflow_version", "status", "outcome", "error", "steps",
-                                         "started_by", "tenant", "policy_hash", "created_at", "updated_at", "input")}  # fmt: skip
+                                         "started_by", "tenant", "policy_hash", "cost_usd", "tokens", "created_at", "updated_at",
+                                         "input")}  # fmt: skip
+    by_step: dict[int, float] = {}
+    for e in events:
+        if e.kind == "choice" and "cost" in e.data:
+            by_step[e.step] = round(by_step.get(e.step, 0.0) + e.data["cost"]["cost_usd"], 8)
     if as_json:
-        echo_json({**head, "events": [e.__dict__ for e in events]})
+        echo_json({**head, "cost_by_step": by_step, "events": [e.__dict__ for e in events]})
         return
     for k, v in head.items():
         click.echo(f"{k:>16}: {v}")
@@ -142,7 +147,9 @@ def _describe(e: store.Event) -> str:
             return ""
         case "choice":
             c = d["choice"]
-            return f"{d['point']} -> {c['option']} ({c['confidence']:.2f}, {c['model']})" + (f" error: {c['error']}" if c.get("error") else "")
+            cost = f" ${d['cost']['cost_usd']:.6f}" if "cost" in d else ""
+            return (f"{d['point']} -> {c['option']} ({c['confidence']:.2f}, {c['model']}{cost})"
+                    + (f" error: {c['error']}" if c.get("error") else ""))  # fmt: skip
         case "proposal":
             return f"{d['tool']} {d['args']}" + (f" INVALID: {d['error']}" if d.get("error") else "")
         case "decision":

@@ -64,6 +64,9 @@ class EvalResult:
     gate: dict[str, Any] = field(default_factory=dict)
     gate_passed: bool | None = None
     regressions: list[str] = field(default_factory=list)
+    # Per model route (the model that answered, or `human` when the case went to a person): for routers.
+    model_routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_escalation_share: float = 0.0
     source: str = ""
     wall_s: float = 0.0
     cases_per_s: float = 0.0
@@ -93,6 +96,14 @@ def aggregate(results: list[CaseResult], source: str = "") -> EvalResult:
                             "task_success": round(sum(r.success for r in rs) / len(rs), 4)}  # fmt: skip
     latencies = [r.latency_ms for r in results]
     cost = sum(r.cost_usd for r in results)
+    by_model: dict[str, list[CaseResult]] = defaultdict(list)
+    for r in results:
+        by_model["human" if r.escalated else (r.models[0] if r.models else "none")].append(r)
+    model_routes = {}
+    for m, rs in sorted(by_model.items()):
+        scored = [r for r in rs if r.route_expected is not None]
+        model_routes[m] = {"cases": len(rs), "share": round(len(rs) / n, 4), "task_success": round(sum(r.success for r in rs) / len(rs), 4),
+                           "routing_accuracy": round(sum(r.route_observed == r.route_expected for r in scored) / len(scored), 4) if scored else None}  # fmt: skip
     return EvalResult(
         cases=len(results),
         task_success=round(sum(r.success for r in results) / n, 4),
@@ -111,6 +122,8 @@ def aggregate(results: list[CaseResult], source: str = "") -> EvalResult:
         confusion={k: dict(sorted(v.items())) for k, v in sorted(confusion.items())},
         statuses=dict(Counter(r.status for r in results).most_common()),
         results=results,
+        model_routes=model_routes,
+        model_escalation_share=round(sum(r.model_escalated for r in results) / n, 4),
         source=source,
     )
 

@@ -20,6 +20,7 @@ from tether.evals.golden import Case
 from tether.evals.scoring import CaseResult, executed, score
 from tether.guardrails.approvals import ApprovalInbox
 from tether.guardrails.loading import Policy, policy_from_text
+from tether.models.base import Choice
 from tether.orchestration.replay import actions
 from tether.orchestration.runtime import Runtime
 from tether.orchestration.workflow import Workflow, load
@@ -72,6 +73,7 @@ def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, p
         acts = actions(events)
         state = wf.evals.final_state(deps, case.model_dump()) if wf.evals else {}
         ok, failures, unsafe, violations = score(case, wf, acts, r.status, state)
+        choices = [Choice.model_validate(e.data["choice"]) for e in events if e.kind == "choice"]
         tokens = sum(e.data["choice"]["usage"]["input_tokens"] + e.data["choice"]["usage"]["output_tokens"]
                      for e in events if e.kind == "choice")  # fmt: skip
         return CaseResult(
@@ -79,8 +81,10 @@ def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, p
             escalated=r.status == "escalated", route_expected=case.route,
             route_observed=wf.evals.observed_route(acts, r.status) if wf.evals else None,
             steps=r.steps, latency_ms=round(latency, 3),
-            cost_usd=0.0,  # no priced model calls yet: the offline model costs nothing per call
+            cost_usd=round(sum(e.data.get("cost", {}).get("cost_usd", 0.0) for e in events if e.kind == "choice"), 8),
             tokens=tokens, actions=[a.tool for a in executed(acts, wf)], run_id=r.run_id, error=r.error,
+            models=[c.model_calls[-1].model for c in choices],
+            model_escalated=any(len({x.model for x in c.model_calls}) > 1 for c in choices),
         )  # fmt: skip
     finally:
         runtime.close()

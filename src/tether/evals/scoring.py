@@ -107,6 +107,8 @@ class CaseResult:
     actions: list[str] = field(default_factory=list)
     run_id: str | None = None
     error: str | None = None
+    models: list[str] = field(default_factory=list)  # the model that answered each choice (a router's last tier)
+    model_escalated: bool = False  # a choice went past the first model (router escalation or fallback)
 
 
 def score(case: Case, wf: Workflow[Any, Any], acts: list[Action], status: str, state: dict[str, Any]) -> tuple[bool, list[str], list[str], list[str]]:

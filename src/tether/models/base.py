@@ -7,6 +7,10 @@ the runtime refuses anything outside the set and the gate judges the rest.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -24,6 +28,20 @@ class Usage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
 
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class ModelCall(BaseModel):
+    """One call to one model behind a choice (a router or a fallback makes several)."""
+
+    model: str
+    usage: Usage = Usage()
+    cached: bool = False  # answered from the answer cache: no tokens spent
+    confidence: float | None = None
+    error: str | None = None
+
 
 class Choice(BaseModel):
     point: str
@@ -34,6 +52,11 @@ class Choice(BaseModel):
     alternatives: list[tuple[str, float]] = []
     usage: Usage = Usage()
     error: str | None = None  # set when the answer was refused
+    calls: list[ModelCall] = []  # the model calls behind it; empty means one call to `model` using `usage`
+
+    @property
+    def model_calls(self) -> list[ModelCall]:
+        return self.calls or [ModelCall(model=self.model, usage=self.usage, confidence=self.confidence, error=self.error)]
 
     @property
     def ok(self) -> bool:
@@ -45,3 +68,38 @@ class Model(Protocol):
     name: str
 
     def choose(self, request: DecisionRequest) -> Choice: ...
+
+
+# Optional, for the cost meter: a model may also define
+#     estimate(request) -> list[ModelCall]    the worst-case calls it would make (usage filled)
+# The meter falls back to a character-count estimate for models that do not.
+
+
+class ModelError(Exception):
+    """A model call that failed after its retries (HTTP 429/5xx, timeout, unreachable)."""
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who a model is answering for: caches and memory key on it (never across tenants)."""
+
+    tenant: str = "default"
+    run_id: str = ""
+    workflow: str = ""
+    policy_hash: str = ""
+
+
+_context: ContextVar[CallContext] = ContextVar("tether_model_context", default=CallContext())
+
+
+def current_context() -> CallContext:
+    return _context.get()
+
+
+@contextmanager
+def call_context(ctx: CallContext) -> Iterator[CallContext]:
+    token = _context.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _context.reset(token)

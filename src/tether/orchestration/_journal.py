@@ -20,7 +20,7 @@ from tether.record import ledger, redaction
 from tether.record import runs as store
 from tether.record.canonical import digest
 from tether.record.db import Database, timestamp
-from tether.record.tables import prompts
+from tether.record.tables import model_calls, prompts
 from tether.tools.calls import ToolCall, ToolResult
 from tether.tools.secrets import scrub
 
@@ -37,6 +37,7 @@ class Journal:
     _ledger: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _prompts: list[dict[str, Any]] = field(default_factory=list)
     _run_values: dict[str, Any] = field(default_factory=dict)
+    _costs: list[dict[str, Any]] = field(default_factory=list)
     _next_seq: int = 1
 
     def __post_init__(self) -> None:
@@ -73,6 +74,12 @@ class Journal:
         self._prompts.append({"run_id": self.run_id, "call_id": call_id, "point": point, "model": model,
                               "request": request, "response": response, "created_at": timestamp()})  # fmt: skip
 
+    def add_costs(self, call_id: str, tenant: str, workflow: str, calls: list[dict[str, Any]]) -> None:
+        """Priced model calls behind one choice, for the spend reports and budgets."""
+        now = timestamp()
+        self._costs.extend({"run_id": self.run_id, "call_id": call_id, "step": self.step, "tenant": tenant,
+                            "workflow": workflow, "day": now[:10], "created_at": now, **c} for c in calls)  # fmt: skip
+
     def flush(self, extra: Callable[[Any], Any] | None = None, **run_values: Any) -> None:
         """Write what is buffered in one transaction; `extra` writes more in it (the run's spans)."""
         with self.db.transaction() as conn:
@@ -87,9 +94,11 @@ class Journal:
         ledger.append_many(conn, [(k, scrub(b)) for k, b in self._ledger], run_id=self.run_id)
         if self._prompts:
             conn.execute(prompts.insert(), scrub(self._prompts))
+        if self._costs:
+            conn.execute(model_calls.insert(), self._costs)
         store.update_run(conn, self.run_id, steps=self.step, state=self.state,
                          **scrub({**self._run_values, **run_values}))  # fmt: skip
-        self._events, self._ledger, self._prompts, self._run_values = [], [], [], {}
+        self._events, self._ledger, self._prompts, self._run_values, self._costs = [], [], [], {}, []
 
     # -- the tool proxy's recorder ------------------------------------------
     def proposed(
@@ -163,7 +172,7 @@ class MemoryJournal(Journal):
 
     def flush(self, extra: Callable[[Any], Any] | None = None, **run_values: Any) -> None:
         self.written.extend(self._events)
-        self._events, self._ledger, self._prompts = [], [], []
+        self._events, self._ledger, self._prompts, self._costs = [], [], [], []
         self.run_values.update(run_values, steps=self.step, state=self.state)
 
     def approval_requested(self, call: ToolCall, decision: Decision) -> str:

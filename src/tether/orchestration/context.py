@@ -16,7 +16,7 @@ from tether.errors import NonDeterminismError
 from tether.guardrails import approvals
 from tether.guardrails.policy import Decision
 from tether.guardrails.provenance import Origin, Provenance, Trust
-from tether.models.base import Choice, DecisionRequest, Model
+from tether.models.base import CallContext, Choice, DecisionRequest, Model, call_context
 from tether.orchestration._journal import Journal
 from tether.orchestration.workflow import DepsT, InputT
 from tether.record.canonical import digest
@@ -66,6 +66,7 @@ class RunContext(Generic[InputT, DepsT]):
         tracer: Any = None,
         history: Callable[[str, str], bool] | None = None,
         deadline: float | None = None,  # time.monotonic() past which the run ends deadline_exceeded
+        meter: Any = None,  # tether.models.meter.RunMeter: prices calls, enforces the run's cost ceiling
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -81,6 +82,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._approval_source = approval_source  # replay answers approvals from the recording
         self._tracer = tracer  # None: no spans (replay)
         self._history = history  # (tenant, tool) -> never executed for this tenant before?
+        self._meter = meter
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
         self._reads: set[str] = set()  # keys of read-only calls since the last side effect
@@ -159,20 +161,34 @@ class RunContext(Generic[InputT, DepsT]):
             if ev.kind != "choice" or ev.data["point"] != point or ev.data["request_digest"] != request_digest:
                 raise NonDeterminismError(f"op {op}: the recorded run did not ask the model {point!r} with this input")
             return self._learn_choice(Choice.model_validate(ev.data["choice"]))
+        if self._meter is not None:
+            why = self._meter.check(self._model(), request)
+            if why:
+                raise self._end("cost_ceiling", why)
+        cost = None
         with self._span("chat", {"gen_ai.operation.name": "chat", "tether.decision.point": point,
                                  "tether.decision.options": len(request.options)}) as span:  # fmt: skip
-            choice = self._ask(request)
+            with call_context(CallContext(tenant=self.tenant, run_id=self.id, workflow=self.workflow.name,
+                                          policy_hash=getattr(self._policy, "hash", ""))):  # fmt: skip
+                choice = self._ask(request)
+            if self._meter is not None:
+                cost = self._meter.charge(choice)
             span.update_name(f"chat {choice.model}")
             span.set_attributes({
                 "gen_ai.request.model": choice.model, "gen_ai.response.model": choice.model,
                 "gen_ai.usage.input_tokens": choice.usage.input_tokens,
                 "gen_ai.usage.output_tokens": choice.usage.output_tokens,
                 "tether.decision.option": choice.option or "", "tether.decision.confidence": choice.confidence,
-                "tether.cost.usd": 0.0,
+                "tether.cost.usd": cost["cost_usd"] if cost else 0.0,
             })  # fmt: skip
             if choice.error:
                 span.set_status(StatusCode.ERROR, self._journal.db.redactor.text(choice.error)[:300])
-        self._journal.add("choice", op, {"point": point, "request_digest": request_digest, "choice": choice.model_dump()})
+        data = {"point": point, "request_digest": request_digest, "choice": choice.model_dump()}
+        if cost is not None:
+            data["cost"] = cost
+            self._journal.add_costs(op, self.tenant, self.workflow.name, cost["calls"])
+            self._journal.set_run_values(cost_usd=round(self._meter.spent, 8), tokens=self._meter.tokens)
+        self._journal.add("choice", op, data)
         self._store_prompt(op, request, choice)
         return self._learn_choice(choice)
 

@@ -25,7 +25,10 @@ from tether.guardrails import approvals
 from tether.guardrails.approvals import principal
 from tether.guardrails.limits import SharedRateLimiter
 from tether.guardrails.loading import Policy, policy_from_text
+from tether.models import budgets
 from tether.models.base import Model
+from tether.models.meter import RunMeter, env_ceiling, recorded_spend
+from tether.models.prices import load_prices
 from tether.orchestration._journal import Journal
 from tether.orchestration import rollout
 from tether.orchestration.context import EndRun, RunContext, Suspend
@@ -86,6 +89,8 @@ class Runtime:
     tracing: Tracing | None = None
     secrets: Any = None  # a tether.tools.secrets.SecretStore for the tools (default: the environment)
     _known: set[tuple[str, str]] = field(default_factory=set)
+    cost_ceiling_usd: float | None = None  # per run; else the workflow's, else $TETHER_COST_CEILING_USD
+    prices: Any = None  # a tether.models.prices.PriceTable (default: built-in, plus $TETHER_PRICES)
 
     # -- public -----------------------------------------------------------------
     def start(
@@ -101,11 +106,15 @@ class Runtime:
         parsed = workflow.parse_input(input)
         policy = self.policy or workflow.policy()
         self._lint(workflow, policy)
+        self._ceiling(workflow)  # a bad $TETHER_COST_CEILING_USD fails here, before the run exists
+        if self.model is not None or workflow.model_factory is not None:
+            self._model_for(workflow)  # so does a bad model configuration (unknown provider, missing key)
         started_by = principal(started_by or default_user())
         run_id = run_id or "run_" + secrets.token_hex(8)
         plain_input = parsed.model_dump(mode="json")
         with self.db.transaction() as conn:
             rollout.refuse_if_killed(conn, workflow.name)
+            budgets.check(conn, tenant, workflow.name)  # a spent budget refuses the run before anything is written
             loaded = store.store_policy(conn, policy.hash, policy.source, policy.text)
             if loaded:  # a new policy version is an audited event
                 ledger.append(conn, "policy_loaded", loaded)
@@ -233,6 +242,7 @@ class Runtime:
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
             journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
             model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
+            meter=self._meter(workflow, recorded),
         )  # fmt: skip
         approval_id = None
         if cancel is not None:
@@ -323,6 +333,16 @@ class Runtime:
         if seen:
             self._known.add((tenant, tool))
         return seen is None
+
+    def _meter(self, workflow: Workflow[Any, Any], recorded: list[store.Event]) -> RunMeter:
+        if self.prices is None:
+            self.prices = load_prices()
+        spent, tokens = recorded_spend(recorded)  # a resumed run keeps what it already spent
+        return RunMeter(self.prices, self._ceiling(workflow), spent, tokens)
+
+    def _ceiling(self, workflow: Workflow[Any, Any]) -> float | None:
+        ceiling = self.cost_ceiling_usd if self.cost_ceiling_usd is not None else getattr(workflow, "cost_ceiling_usd", None)
+        return ceiling if ceiling is not None else env_ceiling()
 
     def _tracing(self) -> Tracing:
         if self.tracing is None:

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 
 from tether.record.db import Database
-from tether.record.tables import approvals, run_events, runs
+from tether.record.tables import approvals, model_calls, run_events, runs
 from tether.record.tracing import traceability
 
 _WAIT_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
@@ -71,8 +71,21 @@ class _FromDatabase:
         for (model, direction), n in sorted(tokens.items()):
             t.add_metric([model, direction], n)
         yield t
-        # No priced model call exists yet (the offline model is free); the meter comes with model providers.
-        yield CounterMetricFamily("tether_model_cost_usd", "Model spend in USD", value=0.0)
+        cost = CounterMetricFamily("tether_model_cost_usd", "Model spend in USD (cost meter)", labels=["model"])
+        cached = CounterMetricFamily("tether_model_calls", "Model calls by model and whether the answer cache answered",
+                                     labels=["model", "cached"])  # fmt: skip
+        spend: Counter[str] = Counter()
+        for model, hit, n, usd in conn.execute(sa.select(model_calls.c.model, model_calls.c.cached, sa.func.count(),
+                                                         sa.func.sum(model_calls.c.cost_usd)).group_by(model_calls.c.model, model_calls.c.cached)):  # fmt: skip
+            cached.add_metric([model, "true" if hit else "false"], n)
+            spend[model] += float(usd or 0.0)
+        for model, usd in sorted(spend.items()):
+            cost.add_metric([model], usd)
+        yield cost
+        yield cached
+        total, hits = conn.execute(sa.select(sa.func.count(), sa.func.sum(sa.case((model_calls.c.cached, 1), else_=0)))).one()
+        yield GaugeMetricFamily("tether_answer_cache_hit_ratio", "Share of model calls answered from the answer cache",
+                                value=(hits or 0) / total if total else 0.0)  # fmt: skip
 
     def _approvals(self, conn: sa.Connection) -> Iterator[Metric]:
         waits = []

@@ -51,7 +51,7 @@ def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:
 
 
 # Final statuses of a run (the runtime also uses running, waiting_approval, interrupted).
-FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected", "deadline_exceeded")
+FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected", "deadline_exceeded", "cost_ceiling")
 CANCELLED = "cancelled"  # stopped by a person; its effects compensated
 # A run stopped by its workflow's kill switch: the manual fallback queue, for a person to finish.
 HALTED = "halted"

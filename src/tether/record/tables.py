@@ -46,6 +46,9 @@ runs = sa.Table(
     sa.Column("trace_id", sa.String(32)),
     sa.Column("root_span_id", sa.String(16)),
     sa.Column("active_s", sa.Float),  # seconds spent running, over all segments (the deadline's clock)
+    # What the run's model calls cost (migration 0005_costs).
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("updated_at", sa.String(32), nullable=False),
 )
@@ -226,4 +229,78 @@ eval_results = sa.Table(
     sa.Column("source", sa.String(400), nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("summary", sa.JSON, nullable=False),
+)
+
+# -- models and unit economics (migration 0007_costs) ---------------------------
+# One row per model call: what it cost at which price version. Spend reports and
+# budgets sum these; `runs.cost_usd` is the run's total.
+model_calls = sa.Table(
+    "model_calls",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(40), nullable=False, index=True),
+    sa.Column("call_id", sa.String(64), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("tenant", sa.String(200), nullable=False, index=True),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("input_tokens", sa.Integer, nullable=False),
+    sa.Column("output_tokens", sa.Integer, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+    sa.Column("price_version", sa.String(40)),  # None: no price known for the model
+    sa.Column("cached", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("day", sa.String(10), nullable=False, index=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+# Spending limits: scope tenant|feature (a workflow), period daily|monthly.
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("scope", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("period", sa.String(16), primary_key=True),
+    sa.Column("limit_usd", sa.Float, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+# Answers to repeated questions, per tenant; the key covers the policy and prompt versions.
+answer_cache = sa.Table(
+    "answer_cache",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(200), nullable=False, index=True),
+    sa.Column("point", sa.String(200), nullable=False),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("policy_hash", sa.String(64), nullable=False),
+    sa.Column("prompt_hash", sa.String(64), nullable=False),
+    sa.Column("hits", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.String(32), nullable=False),
+)
+
+# The embedded vector store (vectors as float32 blobs, searched with numpy).
+memory_items = sa.Table(
+    "memory_items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(200), nullable=False, index=True),
+    sa.Column("namespace", sa.String(200), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.Column("embedder", sa.String(100), nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+# What the agent saw, append-only (nothing updates or deletes rows here but retention).
+observations = sa.Table(
+    "observations",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(200), nullable=False, index=True),
+    sa.Column("run_id", sa.String(40), index=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
 )

@@ -54,8 +54,8 @@ def _deps(db: Database) -> RetailStore:
 
 
 def _no_planner() -> Any:
-    raise WorkflowError("the retail workflow needs a planner: no model provider is configured here "
-                        "(use `tether eval ... --planner oracle`, or a model planner once providers exist)")  # fmt: skip
+    raise WorkflowError("the retail workflow needs a planner: none is wired to a model provider yet "
+                        "(use `tether eval TASKS.json --workflow retail --planner oracle`)")  # fmt: skip
 
 
 def _evals() -> Any:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from tether.orchestration.runtime import Runtime
 from tether.record.db import Database, timestamp
 from tether.record.ledger import Ledger
-from tether.record.tables import run_events
+from tether.record.tables import run_events, runs
 from tether.workflows.triage import data, systems
 from tether.workflows.triage.flow import confidence_threshold, workflow
 from tether.workflows.triage.model import classifier
@@ -40,6 +40,8 @@ class DemoSummary:
     runs_per_s: float
     model_load_s: float
     batch: str
+    cost_usd: float = 0.0  # model spend of these runs (the offline classifier is priced at 0)
+    tokens: int = 0  # model tokens (the offline classifier consumes none: it is not a language model)
     pending_approvals: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +86,10 @@ def run_demo(
     actions, denied_runs, low_conf = _tally(db, run_ids)
     status = Counter(r.status for r in results)
     report = Ledger(db).verify()
+    with db.read() as conn:
+        cost, tokens = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(runs.c.cost_usd), 0.0),
+                                              sa.func.coalesce(sa.func.sum(runs.c.tokens), 0))
+                                    .where(runs.c.id.in_(run_ids))).one()  # fmt: skip
     return DemoSummary(
         tickets=len(results),
         completed=status["completed"],
@@ -101,6 +107,8 @@ def run_demo(
         runs_per_s=round(len(results) / wall, 2) if wall > 0 else 0.0,
         model_load_s=round(model_load_s, 3),
         batch=batch,
+        cost_usd=round(float(cost), 6),
+        tokens=int(tokens),
         pending_approvals=[r.approval_id for r in results if r.approval_id],
     )
 

@@ -65,9 +65,11 @@ def _deps(db: Database) -> Systems:
 
 
 def _model() -> Any:
+    """The offline classifier, unless TETHER_MODEL / TETHER_ROUTER configure another (tether.models.config)."""
+    from tether.models.config import model_from_env
     from tether.workflows.triage.model import classifier
 
-    return classifier()
+    return model_from_env(offline=classifier)
 
 
 WORKFLOW_NAME = "support_triage"

@@ -1,0 +1,1 @@
+"""Memory: an embedded vector store, an append-only observation log, a retrieval tool."""
