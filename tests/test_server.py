@@ -19,6 +19,9 @@ from _server import LiveServer, add_ticket, refund_customers, waiting_refund
 from click.testing import CliRunner
 
 from tether.cli import cli
+from tether.models.base import Choice, DecisionRequest, Usage
+from tether.orchestration.runtime import Runtime
+from tether.workflows.triage.flow import workflow
 from tether.errors import AccessDenied
 from tether.orchestration import rollout
 from tether.record.db import Database
@@ -317,17 +320,26 @@ def test_evals_and_costs(env: Env, tmp_path: Any) -> None:
         assert stored["cases"] == 4 and stored["source"] == "support_triage.jsonl"
         full = c.get(f"/api/evals/{stored['id']}").json()
         assert full["per_route"] and full["task_success"] == json.loads(res.stdout)["task_success"]
-    # A model that reports spend (a provider's usage): its chat spans carry the cost.
-    with env.db.transaction() as conn:
-        run_id = conn.execute(sa.select(runs.c.id).limit(1)).scalar()
-        conn.execute(spans.insert().values(span_id="f" * 16, trace_id="e" * 32, run_id=run_id, name="chat gpt-test",
-                                           kind="CLIENT", start_ns=time.time_ns(), end_ns=time.time_ns(),
-                                           status="UNSET", attributes={"tether.cost.usd": 0.0123, "gen_ai.usage.input_tokens": 100,
-                                                                       "gen_ai.usage.output_tokens": 20}))  # fmt: skip
+    # A model that reports its usage (as a provider does): the meter prices it, the API reports it.
+    class Priced:
+        name = "gpt-4.1-mini"
+
+        def choose(self, request: DecisionRequest) -> Choice:
+            return Choice(point=request.point, option="card_arrival", confidence=0.99, model=self.name,
+                          usage=Usage(input_tokens=1000, output_tokens=200))  # fmt: skip
+
+    add_ticket(env.db, "T-priced", "C0002", "where is my card?")
+    r = Runtime(env.db, model=Priced).start(workflow, {"ticket_id": "T-priced"}, tenant="acme")
+    assert r.status == "completed", r.error
     with env.client("audrey") as c:
         costs = c.get("/api/costs").json()
-    assert costs["available"] and costs["total_usd"] == 0.0123
-    assert costs["by_tenant"][0]["tenant"] == "default" and costs["by_day"][0]["tokens"] >= 120
+    with env.client("olga") as c:
+        run_cost = c.get(f"/api/runs/{r.run_id}").json()["cost"]
+    usd = round((1000 * 0.40 + 200 * 1.60) / 1e6, 6)  # gpt-4.1-mini per million tokens: $0.40 in, $1.60 out
+    assert costs["available"] and costs["total_usd"] == usd
+    assert {"tenant": "acme", "usd": usd, "tokens": 1200, "model_calls": 1} in costs["by_tenant"]
+    assert [m["model"] for m in costs["by_model"] if m["usd"] > 0] == ["gpt-4.1-mini"]
+    assert (run_cost["usd"], run_cost["model_calls"], run_cost["input_tokens"]) == (usd, 1, 1000)
 
 
 def test_fuzz_from_the_openapi_spec_finds_no_server_error(env: Env) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -11,12 +10,19 @@ import sqlalchemy as sa
 
 from tether.errors import RunNotFound
 from tether.guardrails.approvals import ApprovalRequest
+from tether.models.budgets import spend_report
 from tether.orchestration import rollout
 from tether.record import runs as store
 from tether.record import tracing
 from tether.record.db import Database
 from tether.record.ledger import Ledger
-from tether.record.tables import approvals, eval_results, policies, runs, spans
+from tether.record.tables import (
+    approvals,
+    eval_results,
+    model_calls,
+    policies,
+    runs,
+)
 
 RUN_COLUMNS = ("id", "workflow", "workflow_version", "workflow_ref", "status", "outcome", "steps", "started_by",
                "tenant", "state", "error", "trace_id", "created_at", "updated_at")  # fmt: skip
@@ -49,14 +55,12 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
                 for r in conn.execute(sa.select(approvals).where(approvals.c.run_id == run_id).order_by(approvals.c.requested_at))]  # fmt: skip
         span_rows = tracing.load(conn, run_id)
     entries = [e.to_json() for e in Ledger(db).entries(run_id)]
-    cost = {"usd": 0.0, "input_tokens": 0, "output_tokens": 0, "model_calls": 0}
-    for s in span_rows:
-        a = s["attributes"]
-        if s["name"].startswith("chat"):
-            cost["model_calls"] += 1
-            cost["usd"] += float(a.get("tether.cost.usd") or 0)
-            cost["input_tokens"] += int(a.get("gen_ai.usage.input_tokens") or 0)
-            cost["output_tokens"] += int(a.get("gen_ai.usage.output_tokens") or 0)
+    with db.read() as conn:
+        calls = conn.execute(sa.select(model_calls).where(model_calls.c.run_id == run_id).order_by(model_calls.c.id)).all()
+    cost = {"usd": round(float(row.cost_usd or 0), 6), "input_tokens": sum(c.input_tokens for c in calls),
+            "output_tokens": sum(c.output_tokens for c in calls), "model_calls": len(calls),
+            "calls": [{"call_id": c.call_id, "step": c.step, "model": c.model, "usd": c.cost_usd,
+                       "input_tokens": c.input_tokens, "output_tokens": c.output_tokens, "cached": c.cached} for c in calls]}  # fmt: skip
     return {
         "run": {**run_json(row), "input": row.input, "policy_hash": row.policy_hash},
         "events": [e.__dict__ for e in events],
@@ -128,31 +132,26 @@ def eval_result(db: Database, eval_id: int) -> dict[str, Any]:
 
 
 def costs(db: Database, days: int = 30) -> dict[str, Any]:
-    """Model spend and tokens by day and tenant, from the runs' model-call spans."""
-    since_ns = int((dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).timestamp() * 1e9)
-    q = (sa.select(spans.c.start_ns, spans.c.attributes, runs.c.tenant)
-         .join(runs, runs.c.id == spans.c.run_id).where(spans.c.name.like("chat%"), spans.c.start_ns >= since_ns))  # fmt: skip
-    by_day: dict[str, dict[str, float]] = defaultdict(lambda: {"usd": 0.0, "tokens": 0, "model_calls": 0})
-    by_tenant: dict[str, dict[str, float]] = defaultdict(lambda: {"usd": 0.0, "tokens": 0, "model_calls": 0})
+    """Model spend and tokens by day, tenant, workflow and model, from the cost meter's records."""
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).date().isoformat()
     with db.read() as conn:
-        for start_ns, a, tenant in conn.execute(q):
-            day = dt.datetime.fromtimestamp(start_ns / 1e9, dt.UTC).date().isoformat()
-            usd = float(a.get("tether.cost.usd") or 0)
-            tokens = int(a.get("gen_ai.usage.input_tokens") or 0) + int(a.get("gen_ai.usage.output_tokens") or 0)
-            for bucket in (by_day[day], by_tenant[tenant]):
-                bucket["usd"] += usd
-                bucket["tokens"] += tokens
-                bucket["model_calls"] += 1
-    total_usd = sum(d["usd"] for d in by_day.values())
-    total_tokens = sum(d["tokens"] for d in by_day.values())
-    available = total_usd > 0 or total_tokens > 0
+        report = spend_report(conn, since=since)
+
+    def rows(key: str, label: str) -> list[dict[str, Any]]:
+        ordered = sorted(report[key], key=lambda r: r["name"])
+        return [{label: r["name"], "usd": r["cost_usd"], "tokens": r["tokens"], "model_calls": r["calls"]} for r in ordered]
+
+    available = report["total_usd"] > 0 or report["tokens"] > 0  # the offline model is metered at $0 and no tokens
     return {
         "available": available,
         "message": None if available else "no cost data (the models that ran reported no spend or tokens)",
         "days": days,
-        "by_day": [{"day": k, **_rounded(v)} for k, v in sorted(by_day.items())],
-        "by_tenant": [{"tenant": k, **_rounded(v)} for k, v in sorted(by_tenant.items())],
-        "total_usd": round(total_usd, 6),
+        "by_day": rows("by_day", "day"),
+        "by_tenant": rows("by_tenant", "tenant"),
+        "by_workflow": rows("by_workflow", "workflow"),
+        "by_model": rows("by_model", "model"),
+        "total_usd": report["total_usd"],
+        "cache_hit_rate": report["cache_hit_rate"],
     }
 
 
