@@ -17,8 +17,11 @@ from tether.guardrails.approvals import ApprovalInbox
 from tether.guardrails.loading import load_policy
 from tether.orchestration.runtime import Runtime
 from tether.record.db import Database
+from tether.record.runs import load_events
+from tether.record.ledger import Ledger
 from tether.record.tables import runs as runs_table
 from tether.workflows.retail import workflow
+from tether.workflows.retail.flow import AGENT_POLICY
 from tether.workflows.retail.evals import changed_state, run_task, template
 from tether.workflows.retail.planners import PlannerModel, ScriptedPlanner, Step, complete, tau2_steps
 from tether.workflows.retail.store import RecordError, RetailStore, calculate, changed, normalise, pristine
@@ -391,3 +394,40 @@ def test_cancelling_a_run_reverts_the_changes_the_customer_confirmed(db: Databas
     assert changed_state(rt.deps(workflow))["changed"] == []
     rt.close()
 
+
+
+def test_a_model_planner_through_a_provider_sdk(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TETHER_MODEL makes the configured model the planner: the official OpenAI SDK talks to a local
+    server speaking OpenAI's wire format; the plan comes back as a `plan` tool call validated against
+    the plan's schema (a step naming no retail tool is asked again, never run) and runs through the gate."""
+    from _llm_servers import openai_server, openai_tool_call
+
+    reads = json.dumps({"steps": [{"tool": "retail.find_user_id_by_email", "args": {"email": "noah.brown7922@example.com"}},
+                                  {"tool": "retail.list_all_product_types", "args": {}}]})  # fmt: skip
+    script = [
+        openai_tool_call("plan", json.dumps({"steps": [{"tool": "retail.drop_tables", "args": {}}]})),  # not a tool: refused
+        openai_tool_call("plan", reads, prompt=2400, completion=60),
+        openai_tool_call("plan", json.dumps({"steps": []}), prompt=2600, completion=10),
+    ]
+    with openai_server(script) as server:
+        monkeypatch.setenv("TETHER_MODEL", "compatible:qwen2.5-7b")
+        monkeypatch.setenv("TETHER_MODEL_BASE_URL", server.url + "/v1")
+        rt = Runtime(db)
+        r = rt.start(workflow, {"conversation_id": "c-llm", "request": "What products do you sell? I am Noah Brown."},
+                     started_by="ops")  # fmt: skip
+        rt.close()
+    assert (r.status, r.outcome) == ("completed", "done"), r.error
+    first = server.requests[0]["json"]
+    [plan_tool] = first["tools"]
+    assert plan_tool["function"]["name"] == "plan" and first["tool_choice"] == "required"
+    assert "retail.cancel_pending_order" in plan_tool["function"]["parameters"]["properties"]["steps"]["items"]["properties"]["tool"]["enum"]
+    assert AGENT_POLICY.strip() in first["messages"][0]["content"]  # the planner is told policy.md, verbatim
+    # The refused plan never reached a tool; the valid one ran its two reads through the gate.
+    tools_run = [e.body["tool"] for e in Ledger(db).entries(r.run_id) if e.kind == "result"]
+    assert tools_run == ["retail.find_user_id_by_email", "retail.list_all_product_types"]
+    # The provider checked the first answer against the plan's schema and asked again: one choice, two calls.
+    with db.read() as conn:
+        events = load_events(conn, r.run_id)
+    first_choice = next(e.data["choice"] for e in events if e.kind == "choice")
+    assert [c["error"] is not None for c in first_choice["calls"]] == [True, False]
+    assert "fail its schema" in first_choice["calls"][0]["error"] and len(server.requests) == 3

@@ -83,7 +83,7 @@ def plan_and_execute(run: Any, *, goal: str, tools: Sequence[str], observation: 
         obs = {**observation, "tools": list(specs.values()), "done": done}
         if feedback:
             obs["failed"] = feedback
-        choice = run.choose(PLAN, [PLAN], obs, instructions=goal)
+        choice = run.choose(PLAN, [PLAN], obs, instructions=goal, schemas={PLAN: plan_schema(tools)})
         out.model_calls += 1
         if not choice.ok:
             feedback = f"no plan: {choice.error}"

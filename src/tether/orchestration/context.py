@@ -144,13 +144,19 @@ class RunContext(Generic[InputT, DepsT]):
         observation: Mapping[str, Any],
         *,
         instructions: str = "",
+        schemas: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Choice:
-        """Ask the model to pick one of `options`. Tool-name options come with their schemas."""
+        """Ask the model to pick one of `options`. Tool-name options come with their schemas;
+        `schemas` gives other options arguments of a shape (a plan), which providers ask for
+        by tool calling and validate before the answer comes back."""
         op = self._next_op()
+        tools = [self.workflow.tools.get(o).spec() for o in options if o in self.workflow.tools]
+        tools += [{"name": o, "description": f"Answer {o!r} with arguments of this shape.", "parameters": dict(schema)}
+                  for o, schema in (schemas or {}).items() if o in options and o not in self.workflow.tools]  # fmt: skip
         request = DecisionRequest(
             point=point,
             options=list(options),
-            tools=[self.workflow.tools.get(o).spec() for o in options if o in self.workflow.tools],
+            tools=tools,
             observation=dict(observation),
             instructions=instructions,
         )

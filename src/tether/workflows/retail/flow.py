@@ -53,9 +53,32 @@ def _deps(db: Database) -> RetailStore:
     return RetailStore(db)
 
 
-def _no_planner() -> Any:
-    raise WorkflowError("the retail workflow needs a planner: none is wired to a model provider yet "
-                        "(use `tether eval TASKS.json --workflow retail --planner oracle`)")  # fmt: skip
+def _planner() -> Any:
+    """The configured model (TETHER_MODEL / TETHER_ROUTER, see tether.models.config) plans."""
+    import os
+
+    from tether.models.config import model_from_env
+
+    if not (os.environ.get("TETHER_MODEL", "").strip() or os.environ.get("TETHER_ROUTER", "").strip()):
+        raise WorkflowError("the retail workflow needs a planner: set TETHER_MODEL (e.g. openai:gpt-4.1), "
+                            "or evaluate with `tether eval TASKS.json --workflow retail --planner oracle`")  # fmt: skip
+    return model_from_env()
+
+
+# What a model planner is shown: the agent policy it must follow, and the shape of a plan.
+AGENT_POLICY = Path(__file__).with_name("data").joinpath("policy.md").read_text(encoding="utf-8")
+PLAN_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["steps"],
+    "properties": {"steps": {"type": "array", "maxItems": 40, "items": {
+        "type": "object", "additionalProperties": False, "required": ["tool", "args"],
+        "properties": {"tool": {"type": "string", "enum": [t.name for t in PLANNER_TOOLS]}, "args": {"type": "object"}}}}},
+}  # fmt: skip
+INSTRUCTIONS = (
+    "Plan the retail tool calls still needed for the customer's request, following the policy below. "
+    "Answer with `plan`: its steps are run in order through a policy gate; an empty list means nothing is left "
+    "to do. `history` holds every call made so far and its result; `failure` says why the last plan stopped. "
+    "The customer confirms each change when it is proposed.\n\n" + AGENT_POLICY
+)
 
 
 def _evals() -> Any:
@@ -70,7 +93,7 @@ workflow: Workflow[Conversation, RetailStore] = Workflow(
     tools=TOOLS,
     policy=POLICY_FILE,
     deps=_deps,
-    model=_no_planner,
+    model=_planner,
     max_steps=2 * MAX_PLANS + 1,
     max_calls_per_step=MAX_PLAN_STEPS + 1,
     evals=_evals(),
@@ -96,9 +119,9 @@ def plan(run: Run) -> Next:
     if plans > MAX_PLANS:
         return End("escalated", "plan_budget", f"no finished plan after {MAX_PLANS} planner calls")
     observation = {"request": run.input.request, "history": json.dumps(_history(run), sort_keys=True),
-                   "failure": run.data.get("failure")}  # fmt: skip
-    choice = run.choose("plan", options=["plan"], observation=observation,
-                        instructions="Plan the retail tool calls still needed, following the retail policy.")  # fmt: skip
+                   "failure": run.data.get("failure"), "tools": [t.spec() for t in PLANNER_TOOLS]}  # fmt: skip
+    choice = run.choose("plan", options=["plan"], observation=observation, instructions=INSTRUCTIONS,
+                        schemas={"plan": PLAN_SCHEMA})  # fmt: skip
     if not choice.ok:
         return End("failed", "no_plan", choice.error)
     run.data["planner"] = choice.model
