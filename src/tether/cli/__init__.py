@@ -14,6 +14,7 @@ from tether.cli.observe import metrics, purge
 from tether.cli.policy import policy
 from tether.cli.replay import replay
 from tether.cli.runs import run, runs
+from tether.cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +23,7 @@ def cli() -> None:
     """tether: run LLM agent workflows with bounded autonomy."""
 
 
-for command in (demo, run, runs, approvals, approvers, policy, ledger, replay, eval_, purge, metrics):
+for command in (demo, run, runs, approvals, approvers, policy, ledger, replay, eval_, purge, metrics, worker):
     cli.add_command(command)
 
 
