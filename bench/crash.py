@@ -107,12 +107,14 @@ def check(db: Database, run_ids: list[str]) -> dict[str, Any]:
     effectful = {t.name for t in workflow.tools if t.side_effect}
     expected: set[str] = set()
     journal_results: set[tuple[str, str]] = set()
+    answered_by_key = 0  # effects made before a crash and not recorded: the resumed call got the recorded result
     with db.read() as conn:
         for run_id, step, call_id, ev in conn.execute(
             sa.select(run_events.c.run_id, run_events.c.step, run_events.c.call_id, run_events.c.data)
             .where(run_events.c.run_id.in_(run_ids), run_events.c.kind == "result")
         ):  # fmt: skip
             journal_results.add((run_id, call_id))
+            answered_by_key += isinstance(ev.get("output"), dict) and ev["output"].get("replayed") is True
             if ev["tool"] in effectful and ev["status"] == "ok":
                 expected.add(hashlib.sha256(f"{run_id}/{step}/{call_id}".encode()).hexdigest()[:32])
         seen = set(conn.execute(sa.select(systems.idempotency.c.key)).scalars())
@@ -135,6 +137,7 @@ def check(db: Database, run_ids: list[str]) -> dict[str, Any]:
         "side_effects_expected": len(expected),
         "side_effects_seen": len(seen),
         "duplicate_side_effects": len(seen - expected) + physical,
+        "effects_answered_by_key": answered_by_key,
         "ledger_ok": verify.ok and ledger_dupes == 0 and ledger_lost == 0,
         "ledger_entries": verify.entries,
         "ledger_duplicates": ledger_dupes,
@@ -211,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--pg-url", default=None, help="an empty PostgreSQL database to use instead of starting one")
     args = ap.parse_args(argv)
     ok = True
     with tempfile.TemporaryDirectory(prefix="tether-crash-") as tmp:
@@ -219,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             pg = None
             if which == "sqlite":
                 url = f"sqlite:///{tmp}/crash.db"
+            elif args.pg_url:
+                url = args.pg_url
             else:
                 pg = TempPostgres().start()
                 url = pg.create_db("crash")

@@ -185,8 +185,10 @@ def open_client(db: Database) -> Any:
     return DBOSClient(system_database_url=system_db_url(db), application_name=APP)
 
 
-def wait(db: Database, run_ids: list[str], timeout_s: float, *, poll_s: float = 0.1) -> dict[str, str]:
-    """Wait until every run has ended or waits for a person; returns their statuses (those not yet there too)."""
+def wait(
+    db: Database, run_ids: list[str], timeout_s: float, *, poll_s: float = 0.1, until: tuple[str, ...] = (*FINAL_STATUSES, WAITING)
+) -> dict[str, str]:
+    """Wait until every run has ended or waits for a person (or is in `until`); returns their statuses."""
     from tether.record.tables import runs
 
     import sqlalchemy as sa
@@ -195,10 +197,26 @@ def wait(db: Database, run_ids: list[str], timeout_s: float, *, poll_s: float = 
     while True:
         with db.read() as conn:
             got = dict(conn.execute(sa.select(runs.c.id, runs.c.status).where(runs.c.id.in_(run_ids))).all())
-        done = {r: got[r] for r in run_ids if got.get(r) in (*FINAL_STATUSES, WAITING)}
+        done = {r: got[r] for r in run_ids if got.get(r) in until}
         if len(done) == len(run_ids) or time.monotonic() > end:
             return {r: got.get(r, "queued") for r in run_ids}
         time.sleep(poll_s)
+
+
+def wait_segments(db: Database, ids: list[str], timeout_s: float, *, poll_s: float = 0.1) -> dict[str, Any]:
+    """Wait for queued segments (the ids `enqueue` and `enqueue_resume` return) to be driven;
+    returns each one's result (the run's status after it), or None for those not done."""
+    client = open_client(db)
+    try:
+        end = time.monotonic() + timeout_s
+        while True:
+            got = {w.workflow_id: w for w in client.list_workflows(workflow_ids=ids, load_input=False)}
+            done = {i: w for i, w in got.items() if w.status in ("SUCCESS", "ERROR", "CANCELLED")}
+            if len(done) == len(ids) or time.monotonic() > end:
+                return {i: (done[i].output if i in done else None) for i in ids}
+            time.sleep(poll_s)
+    finally:
+        client.destroy()
 
 
 # -- running the engine in a worker process -----------------------------------------
