@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -162,7 +163,7 @@ def crash_run(url: str, *, n: int, workers: int, kills: int, concurrency: int, p
             st = statuses(db, run_ids)
             unsettled = n - sum(st[s] for s in (*FINAL_STATUSES, WAITING))
             if done_kills < kills and unsettled > 0:
-                time.sleep(rng.uniform(0.2, 1.5))
+                time.sleep(rng.uniform(0.3, 2.5))
                 busy = [i for i, p in enumerate(procs) if p.pid in owners(client, db)]
                 if not busy:  # kill only a worker in the middle of runs
                     continue
@@ -196,7 +197,7 @@ def crash_run(url: str, *, n: int, workers: int, kills: int, concurrency: int, p
         "approved": approved,
         **check(db, run_ids),
         "kills": done_kills,
-        "takeovers": log.read_text().count("took over"),
+        "takeovers": len(re.findall(r"took over [1-9]", log.read_text())),
         "workers": workers,
         "wall_s": round(wall, 2),
     }
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--kills", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--pause", type=float, default=0.05, help="seconds each tool sleeps after its effect")
+    ap.add_argument("--pause", type=float, default=0.2, help="seconds each tool sleeps after its effect")
     ap.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--timeout", type=float, default=900)

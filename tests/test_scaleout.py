@@ -142,7 +142,7 @@ def test_queue_refuses_bad_input_and_options(db_url: str, tmp_path: Path) -> Non
 
 def _crash(*args: str) -> dict[str, object]:
     out = subprocess.run([sys.executable, str(BENCH / "crash.py"), "--runs", "12", "--workers", "2", "--kills", "2",
-                          "--pause", "0.1", *args], capture_output=True, text=True, timeout=240)  # fmt: skip
+                          "--pause", "0.2", *args], capture_output=True, text=True, timeout=240)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -156,3 +156,37 @@ def test_workers_killed_with_sigkill_lose_and_repeat_nothing(backend: str, reque
     assert res["side_effects_seen"] == res["side_effects_expected"] > 12
     assert res["duplicate_side_effects"] == 0
     assert res["ledger_ok"] is True
+
+
+def test_a_worker_killed_between_an_effect_and_its_record(db: Database, db_url: str, tmp_path: Path) -> None:
+    """The effect is made, the worker dies before recording it: a new worker resumes the run,
+    the system of record answers the repeated call from its idempotency key, nothing is done twice."""
+    import signal
+    import time
+
+    from crash import check, enqueue_all, prepare, start_worker
+
+    [run_id] = enqueue_all(db, prepare(db, 1, seed=4))
+    first = start_worker(db_url, 2, 30.0, tmp_path / "w.log")  # sleeps 30 s after its first effect
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with db.read() as conn:
+                if conn.execute(sa.select(sa.func.count()).select_from(systems.idempotency)).scalar():
+                    break
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = start_worker(db_url, 2, 0.0, tmp_path / "w.log")
+        try:
+            assert engine.wait(db, [run_id], 60, until=("completed", "escalated")) == {run_id: "completed"}
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=30)
+    finally:
+        first.kill()
+    res = check(db, [run_id])
+    assert res["effects_answered_by_key"] == 1
+    assert res["side_effects_seen"] == res["side_effects_expected"] >= 3 and res["duplicate_side_effects"] == 0
+    assert res["ledger_ok"] is True
+    assert "took over 1 runs of dead worker" in (tmp_path / "w.log").read_text()
