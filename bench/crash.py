@@ -198,6 +198,7 @@ def crash_run(url: str, *, n: int, workers: int, kills: int, concurrency: int, p
         **check(db, run_ids),
         "kills": done_kills,
         "takeovers": len(re.findall(r"took over [1-9]", log.read_text())),
+        "declared_dead": log.read_text().count("was declared dead"),  # stalled past --dead-after: exited
         "workers": workers,
         "wall_s": round(wall, 2),
     }

@@ -3,7 +3,7 @@
     python bench/scaleout.py [--runs 80] [--workers 1,2,4] [--db sqlite|postgresql|both]
 
 Prints one JSON line per measurement. Runs are triage runs on held-back tickets;
-workers are `tether worker` processes (concurrency 2 each). Throughput is timed
+workers are `tether worker` processes (concurrency 4, queue polled every 0.1 s). Throughput is timed
 after each worker has loaded its model (warm-up runs first).
 """
 
@@ -27,7 +27,7 @@ from pgtemp import TempPostgres  # noqa: E402
 
 from tether.orchestration import engine  # noqa: E402
 from tether.orchestration.runtime import Runtime  # noqa: E402
-from tether.record.db import Database  # noqa: E402
+from tether.record.db import Database, _install_sqlite_pragmas  # noqa: E402
 from tether.record.tables import workers as workers_table  # noqa: E402
 from tether.workflows.triage.flow import workflow  # noqa: E402
 
@@ -45,7 +45,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 def throughput(url: str, n_workers: int, runs: int, log: Path) -> dict[str, Any]:
     db = Database(url)
     tickets = prepare(db, runs + 2 * n_workers, seed=5)
-    procs = [start_worker(url, 2, 0.0, log) for _ in range(n_workers)]
+    procs = [start_worker(url, 4, 0.0, log) for _ in range(n_workers)]
     try:
         warm = enqueue_all(db, tickets[: 2 * n_workers])
         engine.wait(db, warm, 120)
@@ -100,9 +100,20 @@ def _pending_of(client: Any, db: Database, pid: int) -> dict[str, str]:
             if w.executor_id in ids}  # fmt: skip
 
 
+class MemoryDatabase(Database):
+    """tether's schema in one in-memory SQLite connection shared by this process's threads:
+    the same code with nothing written to disk, the baseline for the cost of durability."""
+
+    def __init__(self) -> None:
+        self.url = sa.make_url("sqlite://")
+        self.engine = sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False})
+        _install_sqlite_pragmas(self.engine)
+        self._migrate(True)
+
+
 def per_step(url: str, runs: int) -> dict[str, Any]:
     """Direct runs in this process: cost per state-machine step of writing the journal to `url`."""
-    db = Database(url)
+    db = MemoryDatabase() if url == "sqlite://" else Database(url)
     tickets = prepare(db, runs + 3, seed=8)
     rt = Runtime(db)
     for t in tickets[:3]:  # warm-up: model, caches

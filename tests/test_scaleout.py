@@ -158,13 +158,17 @@ def test_workers_killed_with_sigkill_lose_and_repeat_nothing(backend: str, reque
     assert res["ledger_ok"] is True
 
 
-def test_a_worker_killed_between_an_effect_and_its_record(db: Database, db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_worker_killed_between_an_effect_and_its_record(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The effect is made, the worker dies before recording it: a new worker resumes the run,
     the system of record answers the repeated call from its idempotency key, nothing is done twice."""
     import signal
     import time
 
     from crash import check, enqueue_all, prepare, start_worker
+
+    db_url = request.getfixturevalue("db_url" if backend == "sqlite" else "pg_url")
+    db = Database(db_url)
 
     [run_id] = enqueue_all(db, prepare(db, 1, seed=4))
     first = start_worker(db_url, 2, 30.0, tmp_path / "w.log")  # sleeps 30 s after its first effect

@@ -227,7 +227,7 @@ class Engine:
     db: Database
     worker_id: str
     concurrency: int = 4
-    poll_s: float = 0.2
+    poll_s: float = 0.1  # a worker takes at most `concurrency` runs per poll of the queue
 
     def launch(self) -> None:
         global _db

@@ -40,11 +40,12 @@ class Worker:
     heartbeat_s: float = 1.0
     dead_after_s: float = 5.0
     drain_s: int = 10  # on stop, seconds the running runs get to reach a pause or an end
+    poll_s: float = 0.1  # how often the queue is polled for runs when this worker has a free slot
     worker_id: str = field(default_factory=new_worker_id)
     taken_over: list[tuple[str, int]] = field(default_factory=list)  # (dead worker, runs recovered)
 
     def __post_init__(self) -> None:
-        self.engine = Engine(self.db, self.worker_id, self.concurrency)
+        self.engine = Engine(self.db, self.worker_id, self.concurrency, self.poll_s)
         self.stopped = threading.Event()
 
     def run(self) -> None:
