@@ -194,3 +194,19 @@ def test_a_worker_killed_between_an_effect_and_its_record(backend: str, tmp_path
     assert res["side_effects_seen"] == res["side_effects_expected"] >= 3 and res["duplicate_side_effects"] == 0
     assert res["ledger_ok"] is True
     assert "took over 1 runs of dead worker" in (tmp_path / "w.log").read_text()
+
+
+def test_one_live_worker_claims_a_dead_one_and_a_claimed_worker_stops_beating(db: Database) -> None:
+    import time
+
+    a, b, dead = (Worker(db, heartbeat_s=0.2, dead_after_s=1.0) for _ in range(3))
+    last = time.time() - 60  # silent for a minute
+    with db.transaction() as conn:
+        conn.execute(workers.insert().values(id=dead.worker_id, host="h", pid=1, concurrency=1, started_at="t",
+                                             heartbeat=last))  # fmt: skip
+    assert a._claim(dead.worker_id, last) is True
+    assert b._claim(dead.worker_id, last) is False  # the beat it read has changed: a got there first
+    assert dead.beat() is False  # declared dead: it must stop (the worker loop exits the process)
+    # An owner of runs that never registered (say, it died while starting): one claimer inserts its row.
+    assert a._claim("w-ghost", None) is True
+    assert b._claim("w-ghost", None) is False
