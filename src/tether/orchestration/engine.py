@@ -115,7 +115,9 @@ def _register() -> None:
     def step(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
         return advance(run_id, ref, input, started_by, tenant)
 
-    @DBOS.workflow(name=RUN_WORKFLOW, max_recovery_attempts=None)
+    # A run whose every attempt kills its worker (say, out of memory) stops being retried after
+    # 20 recoveries; it stays `running` in tether, for `tether runs resume RUN --stranded`.
+    @DBOS.workflow(name=RUN_WORKFLOW, max_recovery_attempts=20)
     def run(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
         return step(run_id, ref, input, started_by, tenant)
 
