@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,24 @@ def db(db_url: str) -> Database:
     d = Database(db_url)
     yield d
     d.dispose()
+
+
+# -- PostgreSQL from the machine's own binaries ----------------------------------
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+from pgtemp import TempPostgres, find_bin  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> TempPostgres:
+    if find_bin() is None:
+        pytest.skip("no PostgreSQL binaries (initdb) under /usr/lib/postgresql/*/bin or on PATH; `.ci/run` installs them")
+    pg = TempPostgres().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: TempPostgres) -> str:
+    """A new, empty PostgreSQL database for one test."""
+    postgres.created = getattr(postgres, "created", 0) + 1
+    return postgres.create_db(f"t{postgres.created}")

@@ -16,6 +16,7 @@ from tether.cli.policy import policy
 from tether.cli.replay import replay
 from tether.cli.runs import run, runs
 from tether.cli.serve import keys, kill, rollout, serve
+from tether.cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +26,7 @@ def cli() -> None:
 
 
 for command in (demo, run, runs, approvals, approvers, policy, ledger, replay, eval_, purge, metrics,
-                serve, keys, rollout, kill, costs):
+                serve, keys, rollout, kill, costs, worker):
     cli.add_command(command)
 
 

@@ -52,15 +52,24 @@ def result_line(r: Any) -> str:
 @click.option("--as", "user", default=None, help="Who starts the run (default: your login name).")
 @click.option("--tenant", default="default", show_default=True)
 @click.option("--policies", "policy_file", type=click.Path(dir_okay=False), help="Use this policy file instead of the workflow's.")
+@click.option("--queue", "queued", is_flag=True, help="Queue the run for `tether worker` processes instead of running it here.")
 @db_option
 @json_option
 @one_line_errors
 def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, policy_file: str | None,
-        db_url: str | None, as_json: bool) -> None:  # fmt: skip
+        queued: bool, db_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Start one run of WORKFLOW (a registered name or module:attribute)."""
     wf = load(workflow_ref)
     data = parse_json_object(input_json, "--input")
     wf.parse_input(data)  # bad input fails before the database is touched
+    if queued:
+        if policy_file:
+            raise TetherError("--policies cannot be used with --queue: queued runs use their workflow's own policy")
+        from tether.orchestration import engine
+
+        run_id = engine.enqueue(open_db(db_url, create=True), wf, data, started_by=user or default_user(), tenant=tenant)
+        echo_json({"run_id": run_id, "status": "queued"}) if as_json else click.echo(f"{run_id} queued")
+        return
     policy = load_policy(policy_file) if policy_file else None
     runtime = Runtime(open_db(db_url, create=True), policy=policy)
     wf = rollout.route(runtime.db, wf, data)  # a rollout under way may pick the candidate version
@@ -172,12 +181,21 @@ def _describe(e: store.Event) -> str:
 @click.option("--migrate", is_flag=True,
               help="Resume a run started on another version of the workflow's code by re-running its journal "
                    "against this code; refused, leaving the run as it is, if the code makes other calls.")  # fmt: skip
+@click.option("--queue", "queued", is_flag=True, help="Queue the resumption for `tether worker` processes.")
 @db_option
 @json_option
 @one_line_errors
-def resume(run_id: str, stranded: bool, migrate: bool, db_url: str | None, as_json: bool) -> None:
+def resume(run_id: str, stranded: bool, migrate: bool, queued: bool, db_url: str | None, as_json: bool) -> None:
     """Re-drive a paused run whose approval was decided (e.g. after the decider's process died)."""
     db = open_db(db_url)
+    if queued:
+        if stranded or migrate:
+            raise TetherError("--queue resumes a waiting run; workers re-drive stranded runs themselves, and --migrate runs here")
+        from tether.orchestration import engine
+
+        segment = engine.enqueue_resume(db, run_id)
+        echo_json({"run_id": run_id, "status": "queued", "segment": segment}) if as_json else click.echo(f"{run_id} queued")
+        return
     with db.read() as conn:
         row = store.get_run(conn, run_id)
     if row.status in FINAL_STATUSES:

@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tether.errors import PolicyError
+from tether.record.db import RATE_LOCK, pg_lock
 from tether.record.tables import rate_buckets
 
 _PER_UNIT = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
@@ -144,6 +145,7 @@ class SharedRateLimiter:
         if not wanted:
             return None
         with self.db.transaction() as conn:
+            pg_lock(conn, RATE_LOCK)  # the first take of a bucket inserts it
             now = self._clock()
             where = sa.or_(*(sa.and_(t.c.limit_name == n, t.c.key == k) for _, (n, k) in wanted))
             rows = conn.execute(sa.select(t).where(where).with_for_update()).all()

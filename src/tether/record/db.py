@@ -22,6 +22,15 @@ from tether.record.migrations import SCHEMA_REVISION
 from tether.record.redaction import Redactor, load_key
 
 DEFAULT_URL = "sqlite:///.tether/tether.db"
+# PostgreSQL advisory lock ids (any fixed numbers unique to tether).
+MIGRATION_LOCK, LEDGER_LOCK, RATE_LOCK = 7_465_746_801, 7_465_746_802, 7_465_746_803
+
+
+def pg_lock(conn: sa.Connection, key: int) -> None:
+    """On PostgreSQL, serialize a read-then-insert section until the transaction ends, as SQLite's
+    BEGIN IMMEDIATE already does (row locks cannot guard a row that does not exist yet)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
 
 
 def timestamp() -> str:
@@ -78,6 +87,8 @@ class Database:
             parsed = sa.make_url(url)
         except sa.exc.ArgumentError as e:
             raise StoreError(f"bad database URL {url!r}: {e}") from None
+        if parsed.drivername == "postgresql":  # psycopg 3 is the driver tether ships with
+            parsed = parsed.set(drivername="postgresql+psycopg")
         self.url = parsed
         path = _sqlite_path(parsed)
         if path is not None:
@@ -131,6 +142,7 @@ class Database:
         cfg = _alembic_config()
         try:
             with self.engine.begin() as conn:
+                pg_lock(conn, MIGRATION_LOCK)  # workers starting together migrate once
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except Exception as e:  # a failed migration rolls back as one transaction

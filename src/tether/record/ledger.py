@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from tether.errors import LedgerError
 from tether.record.canonical import canonical_json, sha256_hex
-from tether.record.db import Database, timestamp
+from tether.record.db import LEDGER_LOCK, Database, pg_lock, timestamp
 from tether.record.tables import ledger_entries, ledger_head
 
 GENESIS = "0" * 64
@@ -89,6 +89,7 @@ def append_many(conn: sa.Connection, items: Sequence[tuple[str, dict[str, Any]]]
     """Append entries in order inside the caller's transaction: one head lock, one insert."""
     if not items:
         return []
+    pg_lock(conn, LEDGER_LOCK)  # FOR UPDATE below cannot lock a head row that does not exist yet
     head = conn.execute(
         sa.select(ledger_head.c.seq, ledger_head.c.hash).where(ledger_head.c.id == 1).with_for_update()
     ).first()

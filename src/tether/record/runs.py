@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tether.errors import RunNotFound
-from tether.record.db import timestamp
+from tether.record.db import LEDGER_LOCK, pg_lock, timestamp
 from tether.record.tables import policies, run_events, runs
 
 
@@ -28,6 +28,7 @@ class Event:
 def store_policy(conn: sa.Connection, policy_hash: str, source: str, content: str) -> dict[str, Any] | None:
     """Keep a policy version; for a version not seen before, the body of its `policy_loaded`
     ledger entry: its hash and the diff from the last version loaded from the same source."""
+    pg_lock(conn, LEDGER_LOCK)  # two first runs under a new policy would both insert it
     exists = conn.execute(sa.select(policies.c.hash).where(policies.c.hash == policy_hash)).first()
     if exists:
         return None

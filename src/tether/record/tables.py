@@ -304,3 +304,16 @@ observations = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
 )
+
+# Workers of the scale-out mode (migration 0008_workers): heartbeats, and who took over a dead one.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),  # also the engine's executor id
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.String(32), nullable=False),
+    sa.Column("heartbeat", sa.Float, nullable=False),  # Unix time of the last beat
+    sa.Column("recovered_by", sa.String(100)),  # set when a live worker takes its runs over
+)

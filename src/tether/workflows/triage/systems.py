@@ -12,12 +12,17 @@ result and changes nothing (a retried or resumed call has no second effect).
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
 from tether.record.db import Database, timestamp
+
+# Seconds to sleep after a change is made and before the caller can record it (bench/crash.py).
+EFFECT_PAUSE_ENV = "TETHER_TRIAGE_EFFECT_PAUSE_S"
 
 metadata = sa.MetaData()
 
@@ -132,7 +137,9 @@ class Systems:
             conn.execute(
                 idempotency.insert().values(key=key, operation=operation, result=json.dumps(result), created_at=timestamp())
             )
-            return result
+        if pause := os.environ.get(EFFECT_PAUSE_ENV):  # the crash harness kills workers in this window
+            time.sleep(float(pause))
+        return result
 
     # -- helpdesk ---------------------------------------------------------------
     def open_ticket(self, key: str, ticket_id: str, customer_id: str, text: str) -> dict[str, Any]:

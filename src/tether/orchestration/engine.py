@@ -1,0 +1,269 @@
+"""Queued runs on a durable-execution engine (DBOS Transact), behind tether's own interface.
+
+Workflow authors never see the engine: a tether run is one engine workflow whose
+single step drives the run through tether's Runtime (start, or re-drive from
+tether's journal). The engine does the queueing, the sharing between worker
+processes and the recovery of a dead worker's runs; tether's journal does the
+memoization of model choices and tool calls. Engine steps are at-least-once,
+so a step that crashed after a side effect runs again: the journal answers the
+calls it recorded and the idempotency keys make the systems of record answer
+the one it had not recorded yet, without a second effect.
+
+The engine keeps its own tables: in a file beside a SQLite tether database, or
+in the `dbos` schema of the same PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether.errors import RunNotFound, TetherError, WorkflowError
+from tether.orchestration.runtime import FINAL_STATUSES, INTERRUPTED, RUNNING, WAITING, Runtime, RunResult
+from tether.orchestration.workflow import Workflow, load
+from tether.record import runs as store
+from tether.record.db import Database
+
+APP = "tether"
+QUEUE = "tether_runs"
+RUN_WORKFLOW = "tether.run"
+# The engine recovers only runs enqueued under the same application version. Tether
+# pins each run to its workflow's version in its own journal (and refuses resuming
+# across versions), so one fixed engine version lets every worker take over any run.
+APP_VERSION = "tether-runs-1"
+
+
+class EngineError(TetherError):
+    pass
+
+
+def system_db_url(db: Database) -> str:
+    """Where the engine keeps its state for the tether database `db`."""
+    url = db.url
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+            raise EngineError("queued runs need a database file or PostgreSQL, not an in-memory SQLite database")
+        path = Path(url.database)
+        return f"sqlite:///{path.with_name(path.stem + '.engine' + (path.suffix or '.db'))}"
+    if url.get_backend_name() == "postgresql":
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    raise EngineError(f"queued runs need SQLite or PostgreSQL, not {url.get_backend_name()}")
+
+
+# -- the step every queued run executes ---------------------------------------------
+_local = threading.local()
+_db: Database | None = None
+_models: dict[str, Any] = {}  # one loaded model per workflow, shared by the engine's threads
+_models_lock = threading.Lock()
+
+
+def _runtime(wf: Workflow[Any, Any]) -> Runtime:
+    # One Runtime per engine thread (its tool proxies are not shared), one model per process.
+    rt = getattr(_local, "runtime", None)
+    if rt is None:
+        if _db is None:
+            raise EngineError("no engine is running in this process")
+        rt = _local.runtime = Runtime(_db, _models=_models)
+    if wf.model_factory is not None and wf.name not in _models:
+        with _models_lock:
+            if wf.name not in _models:
+                _models[wf.name] = wf.model_factory()
+    return rt
+
+
+def advance(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
+    """Bring a run as far as it goes now: start it, or re-drive it from its journal."""
+    try:
+        wf = load(ref)
+        rt = _runtime(wf)
+        try:
+            row = rt.get(run_id)
+        except RunNotFound:  # not started yet, or its start transaction never committed
+            return _plain(rt.start(wf, input, started_by=started_by, tenant=tenant, run_id=run_id))
+        if row.status in FINAL_STATUSES:
+            return _plain(row)
+        # Only this engine workflow drives the run, so a run left `running` was stranded by a dead worker.
+        stranded = row.status in (RUNNING, INTERRUPTED)
+        return _plain(rt.resume(run_id, wf, stranded=stranded))
+    except TetherError as e:  # the run could not be driven here (say, a version no worker runs): keep the reason
+        return {"run_id": run_id, "status": "not_driven", "error": str(e)}
+
+
+def _plain(r: RunResult) -> dict[str, Any]:
+    return dict(r.__dict__)
+
+
+_registered = False
+
+
+def _register() -> None:
+    """Register tether's engine workflow (again after the engine's registry was destroyed)."""
+    global _registered
+    from dbos import DBOS
+
+    if _registered:
+        return
+
+    # A step that raised something other than a run's own error (say, a lost database
+    # connection) is retried; the journal makes the retry continue where it stopped.
+    @DBOS.step(name="tether.advance", retries_allowed=True, max_attempts=5, interval_seconds=0.5)
+    def step(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
+        return advance(run_id, ref, input, started_by, tenant)
+
+    # A run whose every attempt kills its worker (say, out of memory) stops being retried after
+    # 20 recoveries; it stays `running` in tether, for `tether runs resume RUN --stranded`.
+    @DBOS.workflow(name=RUN_WORKFLOW, max_recovery_attempts=20)
+    def run(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
+        return step(run_id, ref, input, started_by, tenant)
+
+    _registered = True
+
+
+# -- enqueueing (any process) ------------------------------------------------------
+def migrate(db: Database) -> None:
+    """Create or upgrade the engine's tables (workers also do this when they start)."""
+    from dbos import DBOS
+
+    DBOS.migrate(system_db_url(db))
+
+
+def enqueue(
+    db: Database, workflow: Workflow[Any, Any], input: Any, *, started_by: str, tenant: str = "default",
+    run_id: str | None = None, client: Any = None,
+) -> str:  # fmt: skip
+    """Queue a run for the workers; returns its run id. Bad input fails here, before anything is queued."""
+    from tether.guardrails.approvals import principal
+
+    workflow.check()
+    plain = workflow.parse_input(input).model_dump(mode="json")
+    run_id = run_id or "run_" + secrets.token_hex(8)
+    own = client is None
+    client = client or open_client(db)
+    try:
+        client.enqueue(
+            {"queue_name": QUEUE, "workflow_name": RUN_WORKFLOW, "workflow_id": run_id, "app_version": APP_VERSION,
+             "application_name": APP},
+            run_id, workflow.ref, plain, principal(started_by), tenant,
+        )  # fmt: skip
+    finally:
+        if own:
+            client.destroy()
+    return run_id
+
+
+def enqueue_resume(db: Database, run_id: str, *, client: Any = None) -> str:
+    """Queue the next segment of a paused run (after its approval was decided); returns the engine's id for it."""
+    with db.read() as conn:
+        row = store.get_run(conn, run_id)
+    if row.status in FINAL_STATUSES:
+        raise WorkflowError(f"run {run_id} already ended ({row.status})")
+    if row.status != WAITING:
+        raise WorkflowError(f"run {run_id} is {row.status}; only a run waiting for approval is resumed from the queue")
+    segment = f"{run_id}:resume:{secrets.token_hex(4)}"
+    own = client is None
+    client = client or open_client(db)
+    try:
+        client.enqueue(
+            {"queue_name": QUEUE, "workflow_name": RUN_WORKFLOW, "workflow_id": segment, "app_version": APP_VERSION,
+             "application_name": APP},
+            run_id, row.workflow_ref, row.input, row.started_by, row.tenant,
+        )  # fmt: skip
+    finally:
+        if own:
+            client.destroy()
+    return segment
+
+
+def open_client(db: Database) -> Any:
+    """An engine client that queues work without running any (its tables are created if missing)."""
+    from dbos import DBOSClient
+
+    migrate(db)
+    return DBOSClient(system_database_url=system_db_url(db), application_name=APP)
+
+
+def wait(
+    db: Database, run_ids: list[str], timeout_s: float, *, poll_s: float = 0.1, until: tuple[str, ...] = (*FINAL_STATUSES, WAITING)
+) -> dict[str, str]:
+    """Wait until every run has ended or waits for a person (or is in `until`); returns their statuses."""
+    from tether.record.tables import runs
+
+    import sqlalchemy as sa
+
+    end = time.monotonic() + timeout_s
+    while True:
+        with db.read() as conn:
+            got = dict(conn.execute(sa.select(runs.c.id, runs.c.status).where(runs.c.id.in_(run_ids))).all())
+        done = {r: got[r] for r in run_ids if got.get(r) in until}
+        if len(done) == len(run_ids) or time.monotonic() > end:
+            return {r: got.get(r, "queued") for r in run_ids}
+        time.sleep(poll_s)
+
+
+def wait_segments(db: Database, ids: list[str], timeout_s: float, *, poll_s: float = 0.1) -> dict[str, Any]:
+    """Wait for queued segments (the ids `enqueue` and `enqueue_resume` return) to be driven;
+    returns each one's result (the run's status after it), or None for those not done."""
+    client = open_client(db)
+    try:
+        end = time.monotonic() + timeout_s
+        while True:
+            got = {w.workflow_id: w for w in client.list_workflows(workflow_ids=ids, load_input=False)}
+            done = {i: w for i, w in got.items() if w.status in ("SUCCESS", "ERROR", "CANCELLED")}
+            if len(done) == len(ids) or time.monotonic() > end:
+                return {i: (done[i].output if i in done else None) for i in ids}
+            time.sleep(poll_s)
+    finally:
+        client.destroy()
+
+
+# -- running the engine in a worker process -----------------------------------------
+@dataclass
+class Engine:
+    """The engine inside one worker process: it takes up to `concurrency` queued runs at a time."""
+
+    db: Database
+    worker_id: str
+    concurrency: int = 4
+    poll_s: float = 0.1  # a worker takes at most `concurrency` runs per poll of the queue
+
+    def launch(self) -> None:
+        global _db
+        from dbos import DBOS
+
+        _db = self.db
+        _register()
+        DBOS(config={
+            "name": APP, "system_database_url": system_db_url(self.db), "application_version": APP_VERSION,
+            "executor_id": self.worker_id, "log_level": os.environ.get("TETHER_ENGINE_LOG", "WARNING"),
+            "max_executor_threads": self.concurrency + 8,
+        })  # fmt: skip
+        DBOS.launch()
+        DBOS.register_queue(QUEUE, worker_concurrency=self.concurrency, polling_interval_sec=self.poll_s,
+                            on_conflict="always_update")  # fmt: skip
+
+    def pending_owners(self) -> set[str]:
+        """Workers that own an unfinished run (the engine's executor ids)."""
+        from dbos import DBOS
+
+        pending = DBOS.list_workflows(status="PENDING", app_version=APP_VERSION, load_input=False, load_output=False)
+        return {w.executor_id for w in pending if w.executor_id}
+
+    def recover(self, worker_id: str) -> int:
+        """Make a dead worker's unfinished runs available to the live workers; returns how many."""
+        from dbos import DBOS
+
+        return len(DBOS._recover_pending_workflows([worker_id]))
+
+    def shutdown(self, drain_s: int = 0) -> None:
+        """Stop taking runs, give the running ones `drain_s` seconds to get to a pause or an end, stop."""
+        global _db, _registered
+        from dbos import DBOS
+
+        DBOS.destroy(destroy_registry=True, workflow_completion_timeout_sec=drain_s)
+        _registered = False
+        _db = None

@@ -1,0 +1,106 @@
+"""`tether worker`: a process that runs queued runs and takes over those of dead workers.
+
+Each worker beats a heartbeat into the `workers` table. At every beat it asks
+the engine which workers own unfinished runs; an owner with no fresh beat
+(killed, stopped, or never seen) is dead, and the first live worker to claim
+its row asks the engine to recover its runs, which go back on a queue for
+every live worker. A worker that finds itself declared dead (it was paused
+longer than `dead_after_s`) exits at once, as if killed: its runs are already
+being driven elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from tether.orchestration.engine import Engine
+from tether.record.db import Database, timestamp
+from tether.record.tables import workers
+
+log = logging.getLogger("tether.worker")
+DECLARED_DEAD_EXIT = 75
+
+
+def new_worker_id() -> str:
+    return f"w-{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Worker:
+    db: Database
+    concurrency: int = 4
+    heartbeat_s: float = 1.0
+    dead_after_s: float = 5.0
+    drain_s: int = 10  # on stop, seconds the running runs get to reach a pause or an end
+    poll_s: float = 0.1  # how often the queue is polled for runs when this worker has a free slot
+    worker_id: str = field(default_factory=new_worker_id)
+    taken_over: list[tuple[str, int]] = field(default_factory=list)  # (dead worker, runs recovered)
+
+    def __post_init__(self) -> None:
+        self.engine = Engine(self.db, self.worker_id, self.concurrency, self.poll_s)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        """Work until `stop()` is called."""
+        with self.db.transaction() as conn:
+            conn.execute(workers.insert().values(id=self.worker_id, host=socket.gethostname()[:200], pid=os.getpid(),
+                                                 concurrency=self.concurrency, started_at=timestamp(),
+                                                 heartbeat=time.time()))  # fmt: skip
+        self.engine.launch()
+        try:
+            while not self.stopped.is_set():
+                if not self.beat():
+                    log.error("worker %s was declared dead by another worker; exiting", self.worker_id)
+                    os._exit(DECLARED_DEAD_EXIT)  # as if killed: no run may go on here
+                self.take_over()
+                self.stopped.wait(self.heartbeat_s)
+        finally:
+            self.engine.shutdown(self.drain_s)
+            with self.db.transaction() as conn:  # runs still unfinished are now a dead worker's: taken over
+                conn.execute(workers.delete().where(workers.c.id == self.worker_id, workers.c.recovered_by.is_(None)))
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def beat(self) -> bool:
+        with self.db.transaction() as conn:
+            res = conn.execute(workers.update().where(workers.c.id == self.worker_id, workers.c.recovered_by.is_(None))
+                               .values(heartbeat=time.time()))  # fmt: skip
+        return res.rowcount == 1
+
+    def take_over(self) -> None:
+        """Recover the runs of every owner of unfinished runs whose heartbeat stopped (one live worker wins each)."""
+        now = time.time()
+        with self.db.read() as conn:
+            beats = dict(conn.execute(sa.select(workers.c.id, workers.c.heartbeat)).all())
+        live = {w for w, hb in beats.items() if hb >= now - self.dead_after_s}
+        for owner in sorted(self.engine.pending_owners() - live - {self.worker_id}):
+            if not self._claim(owner, beats.get(owner)):
+                continue
+            n = self.engine.recover(owner)
+            self.taken_over.append((owner, n))
+            log.warning("took over %d runs of dead worker %s", n, owner)
+        with self.db.transaction() as conn:  # forget workers long gone
+            conn.execute(workers.delete().where(workers.c.heartbeat < now - 10 * self.dead_after_s))
+
+    def _claim(self, owner: str, last: float | None) -> bool:
+        # Claimed against the beat we read: a rival claimer or a revived worker changes it and we lose.
+        # A claimer that dies before recovering leaves a row that goes stale again, so it is claimed again.
+        try:
+            with self.db.transaction() as conn:
+                if last is None:
+                    conn.execute(workers.insert().values(id=owner, host="?", pid=0, concurrency=0, started_at=timestamp(),
+                                                         heartbeat=time.time(), recovered_by=self.worker_id))  # fmt: skip
+                    return True
+                return conn.execute(workers.update().where(workers.c.id == owner, workers.c.heartbeat == last)
+                                    .values(recovered_by=self.worker_id, heartbeat=time.time())).rowcount == 1  # fmt: skip
+        except sa.exc.IntegrityError:  # another worker inserted it first
+            return False
