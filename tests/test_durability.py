@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from _flows import POLICY, Empty, Job, Note, World
 
-from tether import ApprovalInbox, Args, Database, End, Ledger, RunContext, Runtime, Workflow, tool
+from tether import ApprovalInbox, Args, Database, End, Ledger, PolicySet, RunContext, Runtime, Workflow, tool
 from tether.errors import Retryable, ToolError, WorkflowError
 from tether.orchestration.replay import replay
 from tether.record import runs as store
@@ -211,3 +211,93 @@ def test_triage_reverses_a_refund_when_its_run_fails_after_it(db: Database) -> N
         rows = conn.execute(sa.select(systems.refunds.c.amount_cents).order_by(systems.refunds.c.created_at)).scalars().all()
         left = conn.execute(sa.select(systems.transactions.c.refunded_cents).where(systems.transactions.c.id == tx)).scalar()
     assert rows == [round(amount * 100), -round(amount * 100)] and left == 0
+
+
+# -- seams found in review --------------------------------------------------------------------
+RELEASE_NEEDS_OK = PolicySet.from_text("""
+policies:
+  - {name: refund_requires_approval, if: {tool: "payments.refund", amount_usd: "> 100"}, then: {action: require_human_approval}}
+  - {name: release_needs_ok, if: {tool: "stock.release"}, then: {action: require_human_approval}}
+""", "release.yaml")  # fmt: skip
+
+
+def test_a_second_cancel_is_refused_and_keeps_the_undo_waiting(db: Database) -> None:
+    world = World()
+    wf = _order(world)
+    wf._policy = RELEASE_NEEDS_OK
+    r = Runtime(db).start(wf, {"amount_usd": 5000.0})
+    c = Runtime(db).cancel(r.run_id, wf, by="ops")
+    assert c.status == "waiting_approval"  # the first release waits for a person
+    with pytest.raises(WorkflowError, match="already cancelled"):
+        Runtime(db).cancel(r.run_id, wf, by="ops2")
+    assert ApprovalInbox(db).get(c.approval_id or "").status == "pending"  # not withdrawn
+    assert [e.kind for e in Ledger(db).entries(r.run_id)].count("run_cancelled") == 1
+
+
+def test_the_kill_switch_does_not_drop_an_approved_undo(db: Database) -> None:
+    from tether.orchestration import rollout
+
+    world = World()
+    wf = _order(world)
+    wf._policy = RELEASE_NEEDS_OK
+    r = Runtime(db).start(wf, {"amount_usd": 5000.0})
+    ApprovalInbox(db).decide(r.approval_id or "", approve=False, by="lead")
+    r = Runtime(db).resume(r.run_id, wf)
+    assert r.status == "waiting_approval"  # failed; its first undo waits
+    rollout.kill(db, "order", by="ops", reason="incident")
+    while r.status == "waiting_approval":
+        ApprovalInbox(db).decide(r.approval_id or "", approve=True, by="lead")
+        r = Runtime(db).resume(r.run_id, wf)
+    assert (r.status, r.outcome) == ("failed", "rejected") and "compensated 2 of 2" in (r.error or "")
+    assert world.effects[-2:] == [("release", "B"), ("release", "A")]
+    with db.read() as conn:
+        assert store.get_run(conn, r.run_id).steps == 1  # where the run stood, not reset
+
+
+class Account(Args):
+    customer_id: str
+
+
+def test_a_retried_call_gets_a_fresh_credential(db: Database) -> None:
+    attempts: list[str] = []
+
+    @tool("acct.close", target="customer_id", retries=2, backoff_s=0, max_backoff_s=0)
+    def close(ctx: ToolContext[World], args: Account) -> dict[str, Any]:
+        """Close an account (fails once upstream, after the credential check)."""
+        ctx.check_credential(args.customer_id)
+        attempts.append(ctx.grant.credential or "")
+        if len(attempts) == 1:
+            raise Retryable("503 from upstream")
+        return ctx.deps.apply(ctx.idempotency_key, "close", args.customer_id)
+
+    world = World()
+    wf: Workflow[Job, World] = Workflow("acct", input=Job, tools=[close], policy=POLICY, deps=lambda d: world)
+
+    @wf.state(initial=True)
+    def go(run: RunContext[Job, World]) -> Any:
+        res = run.call("acct.close", {"customer_id": "C1"})
+        return End("completed" if res.ok else "failed", res.status, res.error)
+
+    r = Runtime(db).start(wf, {})
+    assert r.status == "completed", r.error
+    assert len(attempts) == 2 and attempts[0] != attempts[1] and world.effects == [("close", "C1")]
+
+
+@tool("notes.add")
+def shout(ctx: ToolContext[World], args: Note) -> dict[str, Any]:
+    """Add a note, shouted (version 2 of the tool)."""
+    return ctx.deps.apply(ctx.idempotency_key, "note-v2", args.text.upper())
+
+
+def test_one_runtime_runs_two_versions_with_their_own_tools(db: Database) -> None:
+    """A rollout drives the stable version and a candidate side by side in one process."""
+    world = World()
+    others = [t for t in _flow_tools() if t.name != "notes.add"]
+    v1: Workflow[Job, World] = Workflow("roll", input=Job, tools=_flow_tools(), policy=POLICY, deps=lambda d: world)
+    v2: Workflow[Job, World] = Workflow("roll", input=Job, tools=[shout, *others], policy=POLICY, deps=lambda d: world)
+    for wf in (v1, v2):
+        wf.state("go", initial=True)(lambda run: (run.call("notes.add", {"text": "hi"}), End("completed", "ok"))[1])
+    rt = Runtime(db)
+    rt.start(v1, {})
+    rt.start(v2, {})
+    assert world.effects == [("note", "hi"), ("note-v2", "HI")]

@@ -112,3 +112,15 @@ def test_a_read_may_be_asked_again_after_a_change_not_before(db: Database, tmp_p
     twice = rt.start(wf, {"calls": [("shop.change", "b"), ("shop.read", "a"), ("shop.change", "b")]}, started_by="t")
     assert twice.status == "loop_detected"  # a repeated change is still a loop
     rt.close()
+
+
+def test_a_rule_on_a_fact_the_code_did_not_establish_applies_conservatively() -> None:
+    """A deny rule on `facts.order_status` is not skipped because a call carries no such fact."""
+    from tether import PolicySet
+
+    p = PolicySet.from_text('policies: [{name: pending_only, if: {tool: "shop.cancel", facts.order_status: "!= pending"}, '
+                            'then: {action: deny}}]', "facts.yaml")  # fmt: skip
+    assert p.decide("shop.cancel", {}, {"facts": {"order_status": "pending"}}).action == "allow"
+    assert p.decide("shop.cancel", {}, {"facts": {"order_status": "delivered"}}).action == "deny"
+    assert p.decide("shop.cancel", {}, {"facts": {}}).action == "deny"
+    assert p.decide("shop.cancel", {}, {}).action == "deny"

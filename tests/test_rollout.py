@@ -182,3 +182,13 @@ def test_progress_bars_on_a_terminal_only_without_json(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "tether", "ledger", "export", "--db", url, "--out", str(tmp_path / "m.jsonl")],
                          capture_output=True, cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0 and b"exporting ledger" not in res.stderr and b"wrote" in res.stderr
+
+
+def test_a_killed_workflow_refuses_queued_runs_too(db_url: str) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["kill", "support_triage", "--reason", "incident 42", "--db", db_url])
+    assert res.exit_code == 0, res.stderr
+    res = runner.invoke(cli, ["run", "support_triage", "--queue", "--input", '{"ticket_id": "T-1"}', "--db", db_url])
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "killed (incident 42)" in res.stderr
+    with Database(db_url).read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 0

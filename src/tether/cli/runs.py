@@ -65,9 +65,15 @@ def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, polic
     if queued:
         if policy_file:
             raise TetherError("--policies cannot be used with --queue: queued runs use their workflow's own policy")
+        from tether.models import budgets
         from tether.orchestration import engine
 
-        run_id = engine.enqueue(open_db(db_url, create=True), wf, data, started_by=user or default_user(), tenant=tenant)
+        db = open_db(db_url, create=True)
+        wf = rollout.route(db, wf, data)
+        with db.read() as conn:  # refused now, as a run started here would be, not silently by a worker later
+            rollout.refuse_if_killed(conn, wf.name)
+            budgets.check(conn, tenant, wf.name)
+        run_id = engine.enqueue(db, wf, data, started_by=user or default_user(), tenant=tenant)
         echo_json({"run_id": run_id, "status": "queued"}) if as_json else click.echo(f"{run_id} queued")
         return
     policy = load_policy(policy_file) if policy_file else None

@@ -85,6 +85,8 @@ class Condition:
     def matches(self, args: Mapping[str, Any]) -> bool | None:
         """True or False; None when the argument is empty (null) and the rule asks about a value."""
         actual = lookup(args, self.key)
+        if actual is _MISSING and self.key.startswith("facts."):
+            actual = None  # a fact the workflow did not establish is unknown, not absent: judged conservatively
         if actual is _MISSING:
             return False
         if actual is None and not (self.op in ("==", "!=") and self.value is None):

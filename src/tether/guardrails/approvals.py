@@ -120,8 +120,9 @@ def request(
 
 def withdraw(conn: sa.Connection, run_id: str, by: str) -> list[str]:
     """Withdraw a cancelled run's pending requests (inside the caller's transaction); their ids."""
-    ids = list(conn.execute(sa.select(approvals.c.id).where(approvals.c.run_id == run_id, approvals.c.status == "pending"))
-               .scalars())  # fmt: skip
+    # An undo's own request stays: withdrawing it would leave the effect in place.
+    ids = list(conn.execute(sa.select(approvals.c.id).where(approvals.c.run_id == run_id, approvals.c.status == "pending",
+                                                            approvals.c.call_id.not_like("undo:%"))).scalars())  # fmt: skip
     if ids:
         conn.execute(approvals.update().where(approvals.c.id.in_(ids)).values(
             status="withdrawn", decided_by=by, decided_at=_iso(dt.datetime.now(dt.UTC)), reason="run cancelled"))  # fmt: skip

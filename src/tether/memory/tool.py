@@ -25,7 +25,9 @@ def retrieval_tool(store: VectorStore, namespace: str = "kb", name: str = "memor
                    log: ObservationLog | None = None) -> Tool:  # fmt: skip
     """A read-only tool searching `namespace` of the run's tenant."""
 
-    @tool(name, side_effect=False, risk_tier="low", timeout_s=10.0, description=f"Search the {namespace} memory; nearest items first.")
+    # Stored text is retrieved text: whoever wrote it, a call built from it is judged untrusted.
+    @tool(name, side_effect=False, risk_tier="low", timeout_s=10.0, untrusted_output=("text",),
+          description=f"Search the {namespace} memory; nearest items first.")  # fmt: skip
     def search(ctx: ToolContext[Any], args: SearchArgs) -> dict[str, Any]:
         hits = store.search(ctx.tenant, namespace, args.query, args.k)
         out = {"hits": [{"id": h.id, "text": h.text, "meta": h.meta, "score": h.score} for h in hits]}

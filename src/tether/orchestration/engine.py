@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import RunNotFound, TetherError, WorkflowError
-from tether.orchestration.runtime import FINAL_STATUSES, INTERRUPTED, RUNNING, WAITING, Runtime, RunResult
+from tether.orchestration.runtime import FINAL_STATUSES, INTERRUPTED, RUNNING, WAITING, Runtime, RunResult, version_key
 from tether.orchestration.workflow import Workflow, load
 from tether.record import runs as store
 from tether.record.db import Database
@@ -58,7 +58,7 @@ def system_db_url(db: Database) -> str:
 # -- the step every queued run executes ---------------------------------------------
 _local = threading.local()
 _db: Database | None = None
-_models: dict[str, Any] = {}  # one loaded model per workflow, shared by the engine's threads
+_models: dict[str, Any] = {}  # one loaded model per workflow version, shared by the engine's threads
 _models_lock = threading.Lock()
 
 
@@ -69,10 +69,11 @@ def _runtime(wf: Workflow[Any, Any]) -> Runtime:
         if _db is None:
             raise EngineError("no engine is running in this process")
         rt = _local.runtime = Runtime(_db, _models=_models)
-    if wf.model_factory is not None and wf.name not in _models:
+    key = version_key(wf)
+    if wf.model_factory is not None and key not in _models:
         with _models_lock:
-            if wf.name not in _models:
-                _models[wf.name] = wf.model_factory()
+            if key not in _models:
+                _models[key] = wf.model_factory()
     return rt
 
 

@@ -185,6 +185,9 @@ class Runtime:
             raise WorkflowError(f"run {run_id} belongs to workflow {row.workflow}, not {workflow.name}")
         if row.status not in (WAITING, INTERRUPTED):
             raise WorkflowError(f"run {run_id} is {row.status}; only a run waiting for approval or interrupted can be cancelled")
+        with self.db.read() as conn:
+            if any(e.kind == "cancel" for e in store.load_events(conn, run_id)):
+                raise WorkflowError(f"run {run_id} is already cancelled; it waits for its compensations to be decided")
         policy = policy_from_text(text, source)
         parsed = workflow.parse_input(row.input)
         self._deps_for(workflow)
@@ -245,14 +248,19 @@ class Runtime:
             meter=self._meter(workflow, recorded),
         )  # fmt: skip
         approval_id = None
+        if recorded:  # where the run stands, for endings that do not walk the states again
+            journal.step, journal.state = recorded[-1].step, recorded[-1].state
         if cancel is not None:
             journal.add("cancel", None, cancel)
             journal.add_ledger("run_cancelled", cancel)
         cancelled = any(e.kind == "cancel" for e in recorded) or cancel is not None
+        ending = next((e.data for e in recorded if e.kind == "compensating"), None)
         try:
             with trace.use_span(root, end_on_exit=False):
                 try:
-                    if cancelled:  # the state machine stops where it is; only its effects are undone
+                    if ending is not None:  # it had ended and was undoing its effects: it goes on with that
+                        status, outcome, error = ending["status"], ending["outcome"], ending["error"]
+                    elif cancelled:  # the state machine stops where it is; only its effects are undone
                         status, outcome, error = CANCELLED, None, f"cancelled by {(cancel or _cancel_of(recorded))['by']}"
                     else:
                         end = drive(workflow, ctx, halted=lambda: rollout.kill_reason(self.db, workflow.name))
@@ -273,6 +281,8 @@ class Runtime:
                 except Exception as e:  # noqa: BLE001 - a bug in state code fails the run, not the process
                     status, outcome, error = "failed", None, f"{type(e).__name__}: {e}"
                 if status in workflow.compensate_on:
+                    if ending is None:  # the ending is kept, so a resumed run finishes its undo whatever else changed
+                        journal.add("compensating", None, {"status": status, "outcome": outcome, "error": error})
                     try:
                         undone = ctx.compensate()
                     except Suspend as s:  # a compensation waits for a person; the run resumes into it
@@ -358,30 +368,38 @@ class Runtime:
                 raise PolicyError(f"{errors[0]} (the rule would never be checked; fix the argument name)")
             self._linted.add(key)
 
-    # -- per-workflow singletons ------------------------------------------------
+    # -- per-workflow-version singletons ------------------------------------------
+    # Keyed by version too: a rollout runs a candidate and the stable version side by side.
     def _proxy(self, workflow: Workflow[Any, Any]) -> ToolProxy:
-        if workflow.name not in self._proxies:
+        key = version_key(workflow)
+        if key not in self._proxies:
             from tether.tools.credentials import Credentials
 
-            self._proxies[workflow.name] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets,
-                                                     limiter=SharedRateLimiter(self.db))  # fmt: skip
-        return self._proxies[workflow.name]
+            self._proxies[key] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets,
+                                           limiter=SharedRateLimiter(self.db))  # fmt: skip
+        return self._proxies[key]
 
     def _deps_for(self, workflow: Workflow[Any, Any]) -> Any:
         if workflow.deps_factory is None:
             return None
-        if workflow.name not in self._deps:
-            self._deps[workflow.name] = workflow.deps_factory(self.db)
-        return self._deps[workflow.name]
+        key = version_key(workflow)
+        if key not in self._deps:
+            self._deps[key] = workflow.deps_factory(self.db)
+        return self._deps[key]
 
     def _model_for(self, workflow: Workflow[Any, Any]) -> Model:
         # Built on first use: a run replayed from its journal never loads a model.
-        if workflow.name not in self._models:
+        key = version_key(workflow)
+        if key not in self._models:
             factory = self.model or workflow.model_factory
             if factory is None:
                 raise WorkflowError(f"workflow {workflow.name} asks a model but none is configured")
-            self._models[workflow.name] = factory()
-        return self._models[workflow.name]
+            self._models[key] = factory()
+        return self._models[key]
+
+
+def version_key(workflow: Workflow[Any, Any]) -> str:
+    return f"{workflow.name}@{workflow.version}"
 
 
 def drive(workflow: Workflow[Any, Any], ctx: RunContext[Any, Any], halted: Callable[[], str | None] | None = None) -> End:

@@ -27,6 +27,8 @@ from pydantic import BaseModel
 
 from tether.errors import WorkflowError
 from tether.record.runs import CANCELLED, FAILED_STATUSES
+
+_DEFAULT_UNDO = frozenset((*FAILED_STATUSES, CANCELLED))
 from tether.models.base import Model
 from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Tool
@@ -123,7 +125,7 @@ class Workflow(Generic[InputT, DepsT]):
         self.deadline_s = deadline_s
         # Run endings after which the run's effects are undone (tools' `compensate=`):
         # by default every failure and a cancellation.
-        self.compensate_on = frozenset((*FAILED_STATUSES, CANCELLED) if compensate_on is None else compensate_on)
+        self.compensate_on = _DEFAULT_UNDO if compensate_on is None else frozenset(compensate_on)
         self.ref = ref or name
         self.states: dict[str, State] = {}
         self.initial: str | None = None
@@ -187,15 +189,21 @@ class Workflow(Generic[InputT, DepsT]):
     def _compute_version(self) -> str:
         h = hashlib.sha256()
         h.update(f"{self.name}|{self.max_steps}|{self.max_calls_per_step}|{self.initial}".encode())
-        h.update(f"|trusted:{sorted(self.trusted_input)}|deadline:{self.deadline_s}|undo:{sorted(self.compensate_on)}".encode())
+        # Settings added after runs were recorded count only when set, so a workflow that uses
+        # none of them keeps its version (and its waiting runs) across a tether upgrade.
+        extra = {"trusted": sorted(self.trusted_input), "deadline": self.deadline_s,
+                 "undo": sorted(self.compensate_on) if self.compensate_on != _DEFAULT_UNDO else None}  # fmt: skip
+        h.update("".join(f"|{k}:{v}" for k, v in extra.items() if v).encode())
         for s in sorted(self.states.values(), key=lambda s: s.name):
             h.update(f"|{s.name}>{','.join(s.goes_to)}|".encode())
             h.update(_source(s.fn).encode())
         for t in self.tools:
-            h.update(f"|{t.name}|{t.untrusted_output}|{t.compensate[0] if t.compensate else ''}|".encode())
+            h.update(f"|{t.name}|".encode())
+            if t.untrusted_output:
+                h.update(f"untrusted:{t.untrusted_output}|".encode())
             h.update(_source(t._fn).encode())
             if t.compensate:
-                h.update(_source(t.compensate[1]).encode())
+                h.update(f"undo:{t.compensate[0]}|".encode() + _source(t.compensate[1]).encode())
         return h.hexdigest()[:16]
 
     def parse_input(self, data: Any) -> InputT:

@@ -10,6 +10,7 @@ the decision is on disk before the side effect starts.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import random
 import time
@@ -144,7 +145,7 @@ class ToolProxy:
             risk = score(features_for(t, clean, rc, bool(rc.get("novel"))))
             trust = _trust(call, clean)
             context = {"risk": risk, "tenant": run.tenant, "principal": call.proposer, **trust}
-            decision = policy.decide(t.name, clean, {**context, "facts": call.facts} if call.facts else context)
+            decision = policy.decide(t.name, clean, {**context, "facts": dict(call.facts)})
             untrusted = [a for a, v in trust["provenance"].items() if v == "untrusted"]
             if untrusted:
                 decision = decision.model_copy(update={"untrusted_args": untrusted})
@@ -173,7 +174,7 @@ class ToolProxy:
         if broken:
             return self._finish(recorder, call, status="denied", error=f"rate limit {broken} reached; try later",
                                 decision=decision, approval_id=approval.id if approval else None)  # fmt: skip
-        token = None
+        token, target = None, ""
         if self.credentials is not None:
             target = "" if t.target is None else str(clean.get(t.target))
             token = self.credentials.mint(tool=t.name, target=target, run_id=run.run_id, step=run.step, call_id=call.call_id)
@@ -184,6 +185,7 @@ class ToolProxy:
             rules=tuple(decision.rules),
             approval_id=approval.id if approval else None,
             credential=token,
+            target=target,
             approved_by=approval.by if approval else None,
         )
         ctx = ToolContext(deps=deps, run_id=run.run_id, step=run.step, call_id=call.call_id, tenant=run.tenant,
@@ -219,6 +221,10 @@ class ToolProxy:
             pause = t.retry.delay(attempt, self._random)
             self._sleep(pause)
             attempt += 1
+            if ctx.grant.credential is not None and self.credentials is not None:  # a credential is good for one use
+                fresh = self.credentials.mint(tool=t.name, target=ctx.grant.target, run_id=ctx.run_id, step=ctx.step,
+                                              call_id=ctx.call_id)  # fmt: skip
+                ctx = dataclasses.replace(ctx, grant=dataclasses.replace(ctx.grant, credential=fresh))
 
     def _attempt(self, t: Tool, ctx: ToolContext[Any], args: BaseModel) -> tuple[CallStatus, Any, str | None, bool]:
         """(status, output, error, worth retrying)."""

@@ -48,6 +48,7 @@ class Grant:
     rules: tuple[str, ...]
     approval_id: str | None = None
     credential: str | None = None  # the transaction-scoped token for this call
+    target: str = ""  # the object the credential is bound to
     approved_by: str | None = None  # who approved it, when the gate asked a person
 
 

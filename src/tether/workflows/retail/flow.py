@@ -99,7 +99,7 @@ workflow: Workflow[Conversation, RetailStore] = Workflow(
     evals=_evals(),
     # A run that ends `failed` because the gate denied a call keeps the changes the customer
     # confirmed before it; a cancelled run, or one the runtime ends, has them reverted.
-    compensate_on=("cancelled", "budget_exhausted", "loop_detected", "deadline_exceeded"),
+    compensate_on=("cancelled", "budget_exhausted", "loop_detected", "deadline_exceeded", "cost_ceiling"),
     description="Retail order support on τ²-bench's retail domain: a planner plans, the executor runs the plan through the gate.",
 )
 Run = RunContext[Conversation, RetailStore]
