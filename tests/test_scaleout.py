@@ -210,3 +210,21 @@ def test_one_live_worker_claims_a_dead_one_and_a_claimed_worker_stops_beating(db
     # An owner of runs that never registered (say, it died while starting): one claimer inserts its row.
     assert a._claim("w-ghost", None) is True
     assert b._claim("w-ghost", None) is False
+
+
+def test_a_stranded_run_a_worker_cannot_resume_says_why(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run left `running` whose code version no worker here runs becomes `interrupted` with the
+    reason, instead of looking driven for ever; `runs resume --stranded --migrate` takes it from there."""
+    from tether.orchestration import engine
+    from tether.record.tables import runs as runs_table
+
+    monkeypatch.setattr(engine, "_db", db)
+    started = engine.advance("run_strand", "_slow_flow:slow", {"ticket_id": "T2", "steps": 2, "delay_ms": 1}, "alice", "default")
+    assert started["status"] == "completed"
+    with db.transaction() as conn:
+        conn.execute(runs_table.update().where(runs_table.c.id == "run_strand").values(status="running", workflow_version="0ld"))
+    out = engine.advance("run_strand", "_slow_flow:slow", {"ticket_id": "T2"}, "alice", "default")
+    assert out["status"] == "not_driven" and "version 0ld" in out["error"]
+    with db.read() as conn:
+        row = conn.execute(sa.select(runs_table.c.status, runs_table.c.error).where(runs_table.c.id == "run_strand")).one()
+    assert row.status == "interrupted" and row.error.startswith("not resumed by a worker: run run_strand started on")

@@ -90,7 +90,14 @@ def advance(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenan
             return _plain(row)
         # Only this engine workflow drives the run, so a run left `running` was stranded by a dead worker.
         stranded = row.status in (RUNNING, INTERRUPTED)
-        return _plain(rt.resume(run_id, wf, stranded=stranded))
+        try:
+            return _plain(rt.resume(run_id, wf, stranded=stranded))
+        except WorkflowError as e:
+            if row.status == RUNNING:  # left as `running` it would look driven for ever: say why it is not
+                with rt.db.transaction() as conn:
+                    store.claim_run(conn, run_id, RUNNING, INTERRUPTED)
+                    store.update_run(conn, run_id, error=f"not resumed by a worker: {e}")
+            raise
     except TetherError as e:  # the run could not be driven here (say, a version no worker runs): keep the reason
         return {"run_id": run_id, "status": "not_driven", "error": str(e)}
 
