@@ -301,3 +301,39 @@ def test_one_runtime_runs_two_versions_with_their_own_tools(db: Database) -> Non
     rt.start(v1, {})
     rt.start(v2, {})
     assert world.effects == [("note", "hi"), ("note-v2", "HI")]
+
+
+def _mig(world: World, go: Any) -> Workflow[Job, World]:
+    wf: Workflow[Job, World] = Workflow("mig", input=Job, tools=_flow_tools(), policy=POLICY, deps=lambda d: world)
+    wf.state("go", initial=True)(go)
+    return wf
+
+
+def _note_then_refund(run: RunContext[Job, World]) -> Any:
+    run.call("notes.add", {"text": "first"})
+    paid = run.call("payments.refund", {"transaction_id": "T1", "amount_usd": run.input.amount_usd})
+    return End("completed" if paid.ok else "failed", paid.status)
+
+
+def _refund_only(run: RunContext[Job, World]) -> Any:  # passes over the recorded note
+    paid = run.call("payments.refund", {"transaction_id": "T1", "amount_usd": run.input.amount_usd})
+    return End("completed" if paid.ok else "failed", paid.status)
+
+
+def _note_only(run: RunContext[Job, World]) -> Any:  # ends before the recorded, approved refund
+    run.call("notes.add", {"text": "first"})
+    return End("completed", "skipped the refund")
+
+
+@pytest.mark.parametrize("new_code", [_refund_only, _note_only], ids=["drops-a-done-call", "drops-the-pending-call"])
+def test_migration_refuses_code_that_passes_over_a_recorded_call(db: Database, new_code: Any) -> None:
+    world = World()
+    old = _mig(world, _note_then_refund)
+    r = Runtime(db).start(old, {"amount_usd": 5000.0})
+    ApprovalInbox(db).decide(r.approval_id or "", approve=True, by="lead")
+    new = _mig(world, new_code)
+    assert new.version != old.version
+    m = Runtime(db).resume(r.run_id, new, migrate=True)
+    assert m.status == "waiting_approval" and "not migrated" in (m.error or ""), m.error
+    assert world.effects == [("note", "first")]  # nothing happened on the old run's behalf
+    assert Runtime(db).resume(r.run_id, old).status == "completed"  # the old code still finishes it

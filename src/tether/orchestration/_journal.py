@@ -39,16 +39,25 @@ class Journal:
     _run_values: dict[str, Any] = field(default_factory=dict)
     _costs: list[dict[str, Any]] = field(default_factory=list)
     _next_seq: int = 1
+    _recorded_ops: list[str] = field(default_factory=list)
+    _asked: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for e in self.recorded:
             if e.call_id is not None:
+                if e.call_id not in self._by_op:
+                    self._recorded_ops.append(e.call_id)
                 self._by_op[e.call_id].append(e)
         self._next_seq = (self.recorded[-1].seq + 1) if self.recorded else 1
 
     # -- reading what was recorded ------------------------------------------
     def replayed(self, op: str) -> list[store.Event]:
+        self._asked.add(op)
         return self._by_op.get(op, [])
+
+    def skipped(self) -> list[str]:
+        """Recorded ops (model choices, calls) the code re-running the run has not asked for."""
+        return [op for op in self._recorded_ops if op not in self._asked]
 
     def call_events(self) -> list[store.Event]:
         """Every event of every call, recorded or new, in the order it happened."""

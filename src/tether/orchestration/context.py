@@ -167,6 +167,7 @@ class RunContext(Generic[InputT, DepsT]):
             if ev.kind != "choice" or ev.data["point"] != point or ev.data["request_digest"] != request_digest:
                 raise NonDeterminismError(f"op {op}: the recorded run did not ask the model {point!r} with this input")
             return self._learn_choice(Choice.model_validate(ev.data["choice"]))
+        self._check_nothing_skipped(op)
         if self._meter is not None:
             why = self._meter.check(self._model(), request)
             if why:
@@ -301,8 +302,17 @@ class RunContext(Generic[InputT, DepsT]):
             done = self._replay_call(call, recorded, info)
             if done is not None:
                 return self._learn_result(t, origins, done)
+        if not call.call_id.startswith("undo:"):
+            self._check_nothing_skipped(call.call_id)
         call = call.model_copy(update={"risk_context": {**(risk or {}), "novel": self._novel(call.tool)}})
         return self._learn_result(t, origins, self._call_live(call, info))
+
+    def _check_nothing_skipped(self, op: str) -> None:
+        """Before anything live: code that passed over a recorded choice or call is not the code
+        that made this run (changed code under --migrate), and must not act on its behalf."""
+        skipped = self._journal.skipped()
+        if skipped:
+            raise NonDeterminismError(f"op {op}: the code goes on without the recorded op {skipped[0]}")
 
     def compensate(self) -> list[ToolResult]:
         """Undo the run's effects, newest first, each with its tool's declared compensation.

@@ -265,6 +265,8 @@ class Runtime:
                     else:
                         end = drive(workflow, ctx, halted=lambda: rollout.kill_reason(self.db, workflow.name))
                         status, outcome, error = end.status, end.outcome, end.error
+                        if revert is not None and journal.skipped():  # new code ended before a recorded op
+                            raise NonDeterminismError(f"the code ends without the recorded op {journal.skipped()[0]}")
                 except NonDeterminismError as e:
                     if revert is None:
                         status, outcome, error = "failed", None, str(e)
