@@ -337,3 +337,27 @@ def test_migration_refuses_code_that_passes_over_a_recorded_call(db: Database, n
     assert m.status == "waiting_approval" and "not migrated" in (m.error or ""), m.error
     assert world.effects == [("note", "first")]  # nothing happened on the old run's behalf
     assert Runtime(db).resume(r.run_id, old).status == "completed"  # the old code still finishes it
+
+
+def test_replay_reproduces_cancelled_and_deadline_endings(db: Database) -> None:
+    world = World()
+    wf = _order(world)
+    r = Runtime(db).start(wf, {"amount_usd": 5000.0})
+    assert Runtime(db).cancel(r.run_id, wf, by="ops").status == "cancelled"
+    rep = replay(db, r.run_id, workflow=wf)
+    assert (rep.replay_status, rep.same) == ("cancelled", True), rep.diff
+    assert [d.replayed.tool for d in rep.diff if d.replayed][-2:] == ["stock.release", "stock.release"]
+
+    slow: Workflow[Job, World] = Workflow("slow2", input=Job, tools=[nap, *_flow_tools()], policy=POLICY,
+                                          deps=lambda d: world, deadline_s=0.2)  # fmt: skip
+
+    @slow.state(initial=True)
+    def go(run: RunContext[Job, World]) -> Any:
+        run.call("clock.nap", {})
+        run.call("notes.add", {"text": "too late"})
+        return End("completed", "done")
+
+    r = Runtime(db).start(slow, {})
+    assert r.status == "deadline_exceeded"
+    rep = replay(db, r.run_id, workflow=slow)
+    assert (rep.replay_status, rep.same, rep.stopped) == ("deadline_exceeded", True, None)

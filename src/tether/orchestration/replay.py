@@ -198,8 +198,20 @@ def replay(
         history=recording.novel,
     )  # fmt: skip
     stopped = error = None
+    outside_end = False
+    cancelled = any(e.kind == "cancel" for e in events)
     try:
-        status, error = _run(wf, ctx, cancelled=any(e.kind == "cancel" for e in events))
+        try:
+            status, error = _run(wf, ctx)
+        except (Suspend, ReplayGap) as stop:
+            if cancelled:
+                status, error = store.CANCELLED, None  # where the run stopped, someone cancelled it
+            elif isinstance(stop, ReplayGap) and row.status in _OUTSIDE_ENDINGS:
+                # Ended from outside the code (clock, kill switch, spend): the recording ends there too,
+                # and the call the replay reached past that end is not an action of the run.
+                status, error, outside_end = row.status, row.error, True
+            else:
+                raise
         if status in wf.compensate_on:
             ctx.compensate()
     except Suspend:
@@ -209,7 +221,11 @@ def replay(
     finally:
         proxy.close()
 
-    original, replayed = actions(events), actions(journal.events())
+    replay_events = journal.events()
+    if outside_end:
+        ops = {e.call_id for e in events if e.call_id}
+        replay_events = [e for e in replay_events if e.call_id is None or e.call_id in ops or e.call_id.startswith("undo:")]
+    original, replayed = actions(events), actions(replay_events)
     diff = _diff(original, replayed)
     first = next((d.step for d in diff if d.kind != "same"), None)
     if first is None and status != row.status:
@@ -223,10 +239,11 @@ def replay(
     )  # fmt: skip
 
 
-def _run(wf: Workflow[Any, Any], ctx: RunContext[Any, Any], cancelled: bool) -> tuple[str, str | None]:
+_OUTSIDE_ENDINGS = ("deadline_exceeded", "halted", "cost_ceiling")
+
+
+def _run(wf: Workflow[Any, Any], ctx: RunContext[Any, Any]) -> tuple[str, str | None]:
     """The replayed run's ending: (status, error). Suspend and ReplayGap go to the caller."""
-    if cancelled:
-        return store.CANCELLED, None
     try:
         return drive(wf, ctx).status, None
     except ReplayGap:
