@@ -361,3 +361,31 @@ def test_replay_reproduces_cancelled_and_deadline_endings(db: Database) -> None:
     assert r.status == "deadline_exceeded"
     rep = replay(db, r.run_id, workflow=slow)
     assert (rep.replay_status, rep.same, rep.stopped) == ("deadline_exceeded", True, None)
+
+
+@tool("stock.hold_then_die", timeout_s=None, compensate=("stock.release", lambda args, out, key: {"what": args["what"]}))
+def hold_then_die(ctx: ToolContext[World], args: Hold) -> dict[str, Any]:
+    """Hold, then the process is interrupted before the result is recorded."""
+    ctx.deps.apply(ctx.idempotency_key, "hold", args.what)
+    raise KeyboardInterrupt
+
+
+def test_cancel_names_an_effect_that_was_in_flight(db: Database) -> None:
+    world = World()
+    wf: Workflow[Job, World] = Workflow("inflight", input=Job, tools=[hold, hold_then_die, release, *_flow_tools()],
+                                        policy=POLICY, deps=lambda d: world)  # fmt: skip
+
+    @wf.state(initial=True)
+    def go(run: RunContext[Job, World]) -> Any:
+        run.call("stock.hold", {"what": "A"})
+        run.call("stock.hold_then_die", {"what": "B"})
+        return End("completed", "ok")
+
+    with pytest.raises(KeyboardInterrupt):
+        Runtime(db).start(wf, {})
+    with db.read() as conn:
+        [run_id] = conn.execute(sa.text("select id from runs")).scalars().all()
+    c = Runtime(db).cancel(run_id, wf, by="ops")
+    assert c.status == "cancelled" and "compensated 1 of 1 effects" in (c.error or "")
+    assert "not undone, may have happened: stock.hold_then_die (1.2)" in (c.error or "")
+    assert world.effects == [("hold", "A"), ("hold", "B"), ("release", "A")]

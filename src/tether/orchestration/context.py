@@ -88,6 +88,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._reads: set[str] = set()  # keys of read-only calls since the last side effect
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
         self._deadline = deadline
+        self.in_flight: list[str] = []  # calls compensate() found decided but never finished
         self.provenance = Provenance()
         fields = input.model_dump(mode="json") if isinstance(input, BaseModel) else {"input": input}
         for name, value in (fields.items() if isinstance(fields, dict) else ()):
@@ -320,8 +321,16 @@ class RunContext(Generic[InputT, DepsT]):
         Every compensation is a governed call (validated, decided, ledgered) with a
         stable id `undo:<call>` and the idempotency key of the step it undoes, so a
         resumed or replayed run answers it from the journal instead of repeating it."""
-        results = [e for e in self._journal.call_events()
-                   if e.kind == "result" and e.data["status"] == "ok" and not str(e.call_id).startswith("undo:")]
+        events = self._journal.call_events()
+        results = [e for e in events if e.kind == "result" and e.data["status"] == "ok" and not str(e.call_id).startswith("undo:")]
+        finished = {e.call_id for e in events if e.kind == "result"}
+        # Allowed, then the process died before the result was recorded: the effect may have
+        # happened. It cannot be undone without its output; it is named, never passed over silently.
+        tools = {e.call_id: e.data["tool"] for e in events if e.kind == "proposal"}
+        cleared = [e for e in events if (e.kind == "decision" and e.data["action"] == "allow")
+                   or (e.kind == "approval" and e.data["approved"])]  # fmt: skip
+        self.in_flight = [f"{tools.get(e.call_id)} ({e.call_id})" for e in cleared
+                          if e.call_id not in finished and not str(e.call_id).startswith("undo:")]
         undone = []
         for ev in reversed(results):
             t = self.workflow.tools.get(ev.data["tool"]) if ev.data["tool"] in self.workflow.tools else None

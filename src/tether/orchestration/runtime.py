@@ -292,6 +292,8 @@ class Runtime:
                     else:
                         if undone:
                             error = f"{error}; " + _undone_summary(undone)
+                        if ctx.in_flight:
+                            error = f"{error}; not undone, may have happened: {', '.join(ctx.in_flight)}"
         except BaseException as e:  # KeyboardInterrupt, SystemExit: keep what was done, then let it go on
             root.set_attribute("tether.run.status", INTERRUPTED)
             root.end()
