@@ -71,9 +71,29 @@ class OutputError(Exception):
 
 
 class _Provider:
-    name: str
-    max_output_tokens: int
-    output_retries: int
+    """What the providers share: configuration, output retries, estimates, answer parsing.
+    A subclass builds its SDK client (`_client_for`) and makes one request (`_once`)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        name: str | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 2,  # the SDK's own retries of 429, 5xx and timeouts
+        output_retries: int = 1,  # asking again after an answer that does not parse or validate
+        max_output_tokens: int = 512,
+    ) -> None:
+        self.model = model
+        self.name = name or model
+        self.max_output_tokens = max_output_tokens
+        self.output_retries = output_retries
+        self._client = self._client_for(api_key, base_url, timeout_s, max_retries)
+
+    def _client_for(self, api_key: str, base_url: str | None, timeout_s: float, max_retries: int) -> Any:
+        raise NotImplementedError
 
     def _once(self, request: DecisionRequest) -> tuple[Choice, Usage]:
         raise NotImplementedError
@@ -135,25 +155,10 @@ class _Provider:
 class OpenAIModel(_Provider):
     """OpenAI chat completions, or any server speaking them (`base_url`)."""
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        name: str | None = None,
-        timeout_s: float = 30.0,
-        max_retries: int = 2,
-        output_retries: int = 1,
-        max_output_tokens: int = 512,
-    ) -> None:
+    def _client_for(self, api_key: str, base_url: str | None, timeout_s: float, max_retries: int) -> Any:
         import openai
 
-        self.model = model
-        self.name = name or model
-        self.max_output_tokens = max_output_tokens
-        self.output_retries = output_retries
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
+        return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
 
     def _once(self, request: DecisionRequest) -> tuple[Choice, Usage]:
         import openai
@@ -199,25 +204,10 @@ class OpenAIModel(_Provider):
 class AnthropicModel(_Provider):
     """Anthropic messages with tool use."""
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        api_key: str,
-        base_url: str | None = None,
-        name: str | None = None,
-        timeout_s: float = 30.0,
-        max_retries: int = 2,
-        output_retries: int = 1,
-        max_output_tokens: int = 512,
-    ) -> None:
+    def _client_for(self, api_key: str, base_url: str | None, timeout_s: float, max_retries: int) -> Any:
         import anthropic
 
-        self.model = model
-        self.name = name or model
-        self.max_output_tokens = max_output_tokens
-        self.output_retries = output_retries
-        self._client = anthropic.Anthropic(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
+        return anthropic.Anthropic(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
 
     def _once(self, request: DecisionRequest) -> tuple[Choice, Usage]:
         import anthropic

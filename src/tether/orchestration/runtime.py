@@ -29,8 +29,8 @@ from tether.models import budgets
 from tether.models.base import Model
 from tether.models.meter import RunMeter, env_ceiling, recorded_spend
 from tether.models.prices import load_prices
-from tether.orchestration._journal import Journal
 from tether.orchestration import rollout
+from tether.orchestration._journal import Journal
 from tether.orchestration.context import EndRun, RunContext, Suspend
 from tether.orchestration.workflow import End, Workflow
 from tether.record import ledger
@@ -181,13 +181,13 @@ class Runtime:
         with self.db.read() as conn:
             row = store.get_run(conn, run_id)
             source, text = store.policy_text(conn, row.policy_hash)
+            cancelled = any(e.kind == "cancel" for e in store.load_events(conn, run_id))
         if row.workflow != workflow.name:
             raise WorkflowError(f"run {run_id} belongs to workflow {row.workflow}, not {workflow.name}")
         if row.status not in (WAITING, INTERRUPTED):
             raise WorkflowError(f"run {run_id} is {row.status}; only a run waiting for approval or interrupted can be cancelled")
-        with self.db.read() as conn:
-            if any(e.kind == "cancel" for e in store.load_events(conn, run_id)):
-                raise WorkflowError(f"run {run_id} is already cancelled; it waits for its compensations to be decided")
+        if cancelled:
+            raise WorkflowError(f"run {run_id} is already cancelled; it waits for its compensations to be decided")
         policy = policy_from_text(text, source)
         parsed = workflow.parse_input(row.input)
         self._deps_for(workflow)
