@@ -219,11 +219,13 @@ def test_a_stranded_run_a_worker_cannot_resume_says_why(db: Database, monkeypatc
     from tether.record.tables import runs as runs_table
 
     monkeypatch.setattr(engine, "_db", db)
-    started = engine.advance("run_strand", "_slow_flow:slow", {"ticket_id": "T2", "steps": 2, "delay_ms": 1}, "alice", "default")
+    me = "engine:run_strand"
+    started = engine.advance("run_strand", "_slow_flow:slow", {"ticket_id": "T2", "steps": 2, "delay_ms": 1}, "alice", "default",
+                             driver=me)  # fmt: skip
     assert started["status"] == "completed"
     with db.transaction() as conn:
         conn.execute(runs_table.update().where(runs_table.c.id == "run_strand").values(status="running", workflow_version="0ld"))
-    out = engine.advance("run_strand", "_slow_flow:slow", {"ticket_id": "T2"}, "alice", "default")
+    out = engine.advance("run_strand", "_slow_flow:slow", {"ticket_id": "T2"}, "alice", "default", driver=me)
     assert out["status"] == "not_driven" and "version 0ld" in out["error"]
     with db.read() as conn:
         row = conn.execute(sa.select(runs_table.c.status, runs_table.c.error).where(runs_table.c.id == "run_strand")).one()

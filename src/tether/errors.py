@@ -60,3 +60,7 @@ class Retryable(Exception):
 
     The proxy retries it with backoff up to the tool's `retries`; anything else a tool
     raises fails the call at once."""
+
+
+class RunTakenOver(TetherError):
+    """Another process claimed the run this one was driving; this one stopped without writing."""

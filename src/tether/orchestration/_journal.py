@@ -4,6 +4,10 @@ Events are buffered and written in the next transaction; a transaction is
 forced before anything irreversible (an allowed call executes) and when the run
 pauses or ends. Ledger entries ride in the same transactions, so the journal
 and the ledger never disagree.
+
+Every write first checks that this journal's driver still holds the run (the
+`runs.driver` fence): a process that lost the run to another (it was paused
+past its worker's heartbeat, say) fails its next write and writes nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Journal:
     recorded: list[store.Event]
     state: str = ""
     step: int = 0
+    driver: str | None = None  # the driver id this process holds the run under; None: no fence (replay)
     _by_op: dict[str, list[store.Event]] = field(default_factory=lambda: defaultdict(list))
     _events: list[store.Event] = field(default_factory=list)
     _ledger: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -97,6 +102,12 @@ class Journal:
                 extra(conn)
 
     def _write(self, conn: Any, **run_values: Any) -> None:
+        # The run's row first: on PostgreSQL its row lock also orders this write against a rival claim.
+        values = dict(steps=self.step, state=self.state, **scrub({**self._run_values, **run_values}))
+        if self.driver is not None:
+            store.update_held_run(conn, self.run_id, self.driver, **values)
+        else:
+            store.update_run(conn, self.run_id, **values)
         # No secret a tool was handed is written anywhere, in any store.
         events = [dataclasses.replace(e, data=scrub(e.data)) for e in self._events]
         store.append_events(conn, self.run_id, events)
@@ -105,8 +116,6 @@ class Journal:
             conn.execute(prompts.insert(), scrub(self._prompts))
         if self._costs:
             conn.execute(model_calls.insert(), self._costs)
-        store.update_run(conn, self.run_id, steps=self.step, state=self.state,
-                         **scrub({**self._run_values, **run_values}))  # fmt: skip
         self._events, self._ledger, self._prompts, self._run_values, self._costs = [], [], [], {}, []
 
     # -- the tool proxy's recorder ------------------------------------------

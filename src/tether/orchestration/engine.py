@@ -65,7 +65,7 @@ _models_lock = threading.Lock()
 def _runtime(wf: Workflow[Any, Any]) -> Runtime:
     # One Runtime per engine thread (its tool proxies are not shared), one model per process.
     rt = getattr(_local, "runtime", None)
-    if rt is None:
+    if rt is None or rt.db is not _db:  # a thread outlives an engine (tests launch several in turn)
         if _db is None:
             raise EngineError("no engine is running in this process")
         rt = _local.runtime = Runtime(_db, _models=_models)
@@ -77,26 +77,38 @@ def _runtime(wf: Workflow[Any, Any]) -> Runtime:
     return rt
 
 
-def advance(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
-    """Bring a run as far as it goes now: start it, or re-drive it from its journal."""
+def advance(
+    run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str, *, driver: str | None = None
+) -> dict[str, Any]:
+    """Bring a run as far as it goes now: start it, or re-drive it from its journal.
+
+    `driver` labels this engine workflow (`engine:<its id>`). A run left `running` is
+    re-driven only when the same engine workflow held it: that one is being recovered
+    after its worker died (or was declared dead), and the fence makes a worker that was
+    only paused stop at its next write. A run `running` under any other driver (a person
+    approving it in their own process, another segment) is left to that driver."""
     try:
         wf = load(ref)
         rt = _runtime(wf)
         try:
-            row = rt.get(run_id)
+            with rt.db.read() as conn:
+                row = store.get_run(conn, run_id)
         except RunNotFound:  # not started yet, or its start transaction never committed
-            return _plain(rt.start(wf, input, started_by=started_by, tenant=tenant, run_id=run_id))
+            return _plain(rt.start(wf, input, started_by=started_by, tenant=tenant, run_id=run_id, driver=driver))
         if row.status in FINAL_STATUSES:
-            return _plain(row)
-        # Only this engine workflow drives the run, so a run left `running` was stranded by a dead worker.
+            return _plain(_result(row))
+        held_by = store.driver_label(row.driver)
+        if row.status == RUNNING and held_by is not None and held_by != driver:
+            return {"run_id": run_id, "status": "not_driven", "error": f"run {run_id} is being driven by {held_by}"}
         stranded = row.status in (RUNNING, INTERRUPTED)
         try:
-            return _plain(rt.resume(run_id, wf, stranded=stranded))
+            # Conditional on the holder we saw: a rival that claimed it since wins, and we step aside.
+            return _plain(rt.resume(run_id, wf, stranded=stranded, driver=driver, from_driver=row.driver))
         except WorkflowError as e:
             if row.status == RUNNING:  # left as `running` it would look driven for ever: say why it is not
                 with rt.db.transaction() as conn:
-                    store.claim_run(conn, run_id, RUNNING, INTERRUPTED)
-                    store.update_run(conn, run_id, error=f"not resumed by a worker: {e}")
+                    if store.claim_run(conn, run_id, RUNNING, INTERRUPTED, driver=None, from_driver=row.driver):
+                        store.update_run(conn, run_id, error=f"not resumed by a worker: {e}")
             raise
     except TetherError as e:  # the run could not be driven here (say, a version no worker runs): keep the reason
         return {"run_id": run_id, "status": "not_driven", "error": str(e)}
@@ -106,7 +118,18 @@ def _plain(r: RunResult) -> dict[str, Any]:
     return dict(r.__dict__)
 
 
+def _result(row: Any) -> RunResult:
+    return RunResult(row.id, row.workflow, row.status, row.outcome, row.steps, row.error)
+
+
 _registered = False
+_active = [0]  # engine steps driving a run in this process right now
+_active_lock = threading.Lock()
+
+
+def active() -> int:
+    """How many runs this process is driving now (a worker that stops with some still going must exit)."""
+    return _active[0]
 
 
 def _register() -> None:
@@ -121,7 +144,13 @@ def _register() -> None:
     # connection) is retried; the journal makes the retry continue where it stopped.
     @DBOS.step(name="tether.advance", retries_allowed=True, max_attempts=5, interval_seconds=0.5)
     def step(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
-        return advance(run_id, ref, input, started_by, tenant)
+        with _active_lock:
+            _active[0] += 1
+        try:
+            return advance(run_id, ref, input, started_by, tenant, driver=f"engine:{DBOS.workflow_id}")
+        finally:
+            with _active_lock:
+                _active[0] -= 1
 
     # A run whose every attempt kills its worker (say, out of memory) stops being retried after
     # 20 recoveries; it stays `running` in tether, for `tether runs resume RUN --stranded`.

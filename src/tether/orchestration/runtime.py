@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from tether.errors import NonDeterminismError, PolicyError, RunNotFound, TetherError, WorkflowError
+from tether.errors import NonDeterminismError, PolicyError, RunNotFound, RunTakenOver, TetherError, WorkflowError
 from tether.guardrails import approvals
 from tether.guardrails.approvals import principal
 from tether.guardrails.limits import SharedRateLimiter
@@ -101,7 +101,10 @@ class Runtime:
         started_by: str | None = None,
         tenant: str = "default",
         run_id: str | None = None,
+        driver: str | None = None,
     ) -> RunResult:
+        """Start a run and drive it until it ends or pauses. `driver` labels who drives it
+        (default: this process); see `store.new_driver`."""
         workflow.check()
         parsed = workflow.parse_input(input)
         policy = self.policy or workflow.policy()
@@ -112,6 +115,7 @@ class Runtime:
         started_by = principal(started_by or default_user())
         run_id = run_id or "run_" + secrets.token_hex(8)
         plain_input = parsed.model_dump(mode="json")
+        holder = store.new_driver(driver)
         with self.db.transaction() as conn:
             rollout.refuse_if_killed(conn, workflow.name)
             budgets.check(conn, tenant, workflow.name)  # a spent budget refuses the run before anything is written
@@ -121,7 +125,7 @@ class Runtime:
             store.insert_run(
                 conn, id=run_id, workflow=workflow.name, workflow_ref=workflow.ref,
                 workflow_version=workflow.version, status=RUNNING, input=plain_input,
-                started_by=started_by, tenant=tenant, policy_hash=policy.hash,
+                started_by=started_by, tenant=tenant, policy_hash=policy.hash, driver=holder,
             )  # fmt: skip
             ledger.append(
                 conn, "run_started",
@@ -129,11 +133,12 @@ class Runtime:
                  "started_by": started_by, "tenant": tenant, "input_sha256": digest(plain_input)},
                 run_id=run_id,
             )  # fmt: skip
-        return self._drive(workflow, run_id, parsed, policy, tenant, started_by, recorded=[])
+        return self._drive(workflow, run_id, parsed, policy, tenant, started_by, recorded=[], driver=holder)
 
     def resume(
-        self, run_id: str, workflow: Workflow[Any, Any], *, stranded: bool = False, migrate: bool = False
-    ) -> RunResult:
+        self, run_id: str, workflow: Workflow[Any, Any], *, stranded: bool = False, migrate: bool = False,
+        driver: str | None = None, from_driver: str | None | bool = False,
+    ) -> RunResult:  # fmt: skip
         """Continue a paused run (after its approval was decided). One resumer wins.
 
         With `stranded=True` a run left `running` by a process that died, or
@@ -145,6 +150,10 @@ class Runtime:
         since is refused unless `migrate=True`: then the run's journal is re-executed
         against the new code, and if the code no longer makes the recorded calls the
         run goes back to where it was, untouched, with the reason in its error.
+
+        Resuming makes this process the run's only writer: a process still driving a
+        run taken from it as stranded stops at its next write (RunTakenOver), writing
+        nothing. `from_driver` makes the claim conditional on who held the run.
         """
         with self.db.read() as conn:
             row = store.get_run(conn, run_id)
@@ -165,16 +174,20 @@ class Runtime:
         policy = policy_from_text(text, source)
         parsed = workflow.parse_input(row.input)
         self._deps_for(workflow)
+        holder = store.new_driver(driver)
         with self.db.transaction() as conn:
-            if not store.claim_run(conn, run_id, row.status, RUNNING):
+            if not store.claim_run(conn, run_id, row.status, RUNNING, driver=holder, from_driver=from_driver):
                 raise RunNotFound(f"run {run_id} is being resumed by another process")
             recorded = store.load_events(conn, run_id)
         migrating = row.workflow_version if row.workflow_version != workflow.version else None
         return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded,
                            trace_ids=(row.trace_id, row.root_span_id),
-                           revert=(row.status, migrating) if migrating else None, active_s=row.active_s or 0.0)  # fmt: skip
+                           revert=(row.status, migrating) if migrating else None, active_s=row.active_s or 0.0,
+                           driver=holder)  # fmt: skip
 
-    def cancel(self, run_id: str, workflow: Workflow[Any, Any], *, by: str, reason: str | None = None) -> RunResult:
+    def cancel(
+        self, run_id: str, workflow: Workflow[Any, Any], *, by: str, reason: str | None = None, driver: str | None = None
+    ) -> RunResult:
         """Stop a paused (waiting or interrupted) run: its pending approvals are withdrawn and its
         effects undone, newest first, by each tool's declared compensation."""
         by = principal(by)
@@ -191,14 +204,15 @@ class Runtime:
         policy = policy_from_text(text, source)
         parsed = workflow.parse_input(row.input)
         self._deps_for(workflow)
+        holder = store.new_driver(driver)
         with self.db.transaction() as conn:
-            if not store.claim_run(conn, run_id, row.status, RUNNING):
+            if not store.claim_run(conn, run_id, row.status, RUNNING, driver=holder):
                 raise RunNotFound(f"run {run_id} is being resumed by another process")
             withdrawn = approvals.withdraw(conn, run_id, by)
             recorded = store.load_events(conn, run_id)
         return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded,
                            trace_ids=(row.trace_id, row.root_span_id), active_s=row.active_s or 0.0,
-                           cancel={"by": by, "reason": reason, "withdrawn_approvals": withdrawn})  # fmt: skip
+                           cancel={"by": by, "reason": reason, "withdrawn_approvals": withdrawn}, driver=holder)  # fmt: skip
 
     def deps(self, workflow: Workflow[Any, Any]) -> Any:
         """The workflow's dependencies (its systems of record) as this runtime's runs see them."""
@@ -215,7 +229,13 @@ class Runtime:
             self.tracing.flush()
 
     # -- the loop ---------------------------------------------------------------
-    def _drive(
+    def _drive(self, workflow: Workflow[Any, Any], run_id: str, *args: Any, **kwargs: Any) -> RunResult:
+        try:
+            return self._walk(workflow, run_id, *args, **kwargs)
+        except store.Superseded as e:
+            raise RunTakenOver(f"run {run_id} was taken over by another process; this one stopped without writing ({e})") from None
+
+    def _walk(
         self,
         workflow: Workflow[Any, Any],
         run_id: str,
@@ -228,8 +248,9 @@ class Runtime:
         revert: tuple[str, str] | None = None,  # (status, old version) of a run being migrated to new code
         active_s: float = 0.0,  # seconds the run already spent running in earlier segments
         cancel: dict[str, Any] | None = None,  # {by, reason}: stop the run and undo its effects
+        driver: str | None = None,  # the driver id this process claimed the run under
     ) -> RunResult:
-        journal = Journal(self.db, run_id, recorded)
+        journal = Journal(self.db, run_id, recorded, driver=driver)
         began = time.monotonic()
         deadline = began + workflow.deadline_s - active_s if workflow.deadline_s is not None else None
         tracing = self._tracing()
@@ -273,7 +294,7 @@ class Runtime:
                     else:
                         root.set_status(StatusCode.ERROR, "migration refused")
                         root.end()
-                        return self._refuse_migration(journal, workflow, run_id, revert, str(e))
+                        return self._refuse_migration(journal, workflow, run_id, revert, str(e), driver)
                 except Suspend as s:
                     status, outcome, error, approval_id = WAITING, None, None, s.approval_id
                 except EndRun as e:
@@ -294,6 +315,10 @@ class Runtime:
                             error = f"{error}; " + _undone_summary(undone)
                         if ctx.in_flight:
                             error = f"{error}; not undone, may have happened: {', '.join(ctx.in_flight)}"
+        except store.Superseded:  # another process holds the run now: nothing more is written from here
+            root.set_status(StatusCode.ERROR, "taken over by another process")
+            root.end()
+            raise
         except BaseException as e:  # KeyboardInterrupt, SystemExit: keep what was done, then let it go on
             root.set_attribute("tether.run.status", INTERRUPTED)
             root.end()
@@ -322,13 +347,17 @@ class Runtime:
         return RunResult(run_id, workflow.name, status, outcome, journal.step, error, approval_id)
 
     def _refuse_migration(
-        self, journal: Journal, workflow: Workflow[Any, Any], run_id: str, revert: tuple[str, str], why: str
-    ) -> RunResult:
+        self, journal: Journal, workflow: Workflow[Any, Any], run_id: str, revert: tuple[str, str], why: str,
+        driver: str | None,
+    ) -> RunResult:  # fmt: skip
         """The new code diverged from the run's journal before doing anything new: put the run back."""
         status, old_version = revert
         error = f"not migrated to version {workflow.version}: {why}"
         with self.db.transaction() as conn:
-            store.update_run(conn, run_id, status=status, error=error)
+            if driver is not None:
+                store.update_held_run(conn, run_id, driver, status=status, error=error)
+            else:
+                store.update_run(conn, run_id, status=status, error=error)
             ledger.append(conn, "run_migration_refused", {"from_version": old_version, "to_version": workflow.version,
                                                           "reason": why}, run_id=run_id)  # fmt: skip
         return RunResult(run_id, workflow.name, status, None, journal.step, error, None)

@@ -27,6 +27,7 @@ from tether.record.tables import workers
 
 log = logging.getLogger("tether.worker")
 DECLARED_DEAD_EXIT = 75
+DRAIN_EXIT = 76  # stopped with runs still going after the drain: they are taken over elsewhere
 
 
 def new_worker_id() -> str:

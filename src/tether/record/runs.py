@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import os
+import secrets
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +65,25 @@ FINAL_STATUSES = ("completed", "escalated", CANCELLED, HALTED, *FAILED_STATUSES)
 RECORD_FORMAT = 1
 
 
+class Superseded(BaseException):
+    """Raised by a journal write when another driver has claimed the run. Not an Exception:
+    state code's `except Exception` must not swallow it and carry on driving."""
+
+
+def new_driver(label: str | None = None) -> str:
+    """A driver id for one segment of driving a run: `label#token`. The label says who (an
+    engine workflow, a process); the token makes each claim distinct, even by the same label."""
+    return f"{label or process_label()}#{secrets.token_hex(6)}"
+
+
+def process_label() -> str:
+    return f"proc:{socket.gethostname()[:60]}:{os.getpid()}"
+
+
+def driver_label(driver: str | None) -> str | None:
+    return driver.rsplit("#", 1)[0] if driver else None
+
+
 def insert_run(conn: sa.Connection, **values: Any) -> None:
     now = timestamp()
     conn.execute(runs.insert().values(created_at=now, updated_at=now, steps=0, record_format=RECORD_FORMAT, **values))
@@ -71,14 +93,28 @@ def update_run(conn: sa.Connection, run_id: str, **values: Any) -> None:
     conn.execute(runs.update().where(runs.c.id == run_id).values(updated_at=timestamp(), **values))
 
 
-def claim_run(conn: sa.Connection, run_id: str, from_status: str, to_status: str) -> bool:
-    """Move a run between statuses only if it is still in `from_status` (one winner)."""
-    res = conn.execute(
-        runs.update()
-        .where(runs.c.id == run_id, runs.c.status == from_status)
-        .values(status=to_status, updated_at=timestamp())
-    )
+def claim_run(
+    conn: sa.Connection, run_id: str, from_status: str, to_status: str, *, driver: str | None = None,
+    from_driver: str | None | bool = False,
+) -> bool:  # fmt: skip
+    """Move a run between statuses only if it is still in `from_status` (one winner), making
+    `driver` the only writer of its journal. With `from_driver` (a driver id, or None for none)
+    the claim also requires the run to still be held by that driver."""
+    cond = [runs.c.id == run_id, runs.c.status == from_status]
+    if from_driver is not False:
+        cond.append(runs.c.driver.is_(None) if from_driver is None else runs.c.driver == from_driver)
+    res = conn.execute(runs.update().where(*cond).values(status=to_status, driver=driver, updated_at=timestamp()))
     return res.rowcount == 1
+
+
+def update_held_run(conn: sa.Connection, run_id: str, driver: str, **values: Any) -> None:
+    """Update a run only while `driver` holds it; otherwise raise Superseded (the
+    transaction then rolls back, so the driver that lost the run writes nothing)."""
+    res = conn.execute(runs.update().where(runs.c.id == run_id, runs.c.driver == driver)
+                       .values(updated_at=timestamp(), **values))  # fmt: skip
+    if res.rowcount != 1:
+        holder = conn.execute(sa.select(runs.c.driver).where(runs.c.id == run_id)).scalar()
+        raise Superseded(f"run {run_id} is now held by {holder or 'no driver'}, not {driver}")
 
 
 def get_run(conn: sa.Connection, run_id: str) -> sa.Row[Any]:

@@ -49,6 +49,9 @@ runs = sa.Table(
     # What the run's model calls cost (migration 0005_costs).
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
     sa.Column("tokens", sa.Integer, nullable=False, server_default="0"),
+    # Who may write the run now: `label#token`, set by whoever claims it (migration 0009).
+    # Every journal write checks it, so a process that lost the run stops without writing.
+    sa.Column("driver", sa.String(160)),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("updated_at", sa.String(32), nullable=False),
 )
