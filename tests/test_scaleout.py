@@ -126,6 +126,56 @@ def test_queued_runs_and_a_queued_resume_after_approval(db: Database, db_url: st
     assert res.exit_code == 1 and res.stderr.strip() == f"error: run {run2} already ended (completed)"
 
 
+def test_a_queued_run_under_a_policy_file_and_a_queued_stranded_resume(
+    db: Database, db_url: str, worker: Worker, tmp_path: Path
+) -> None:
+    """`run --queue --policies F` runs under F (stored when queued, so the worker runs the text
+    checked here); `runs resume --queue --stranded` hands a run whose process died to the workers."""
+    from tether.guardrails.loading import load_policy
+    from tether.record.tables import runs as runs_table
+
+    bank = systems.Systems(db)
+    data.seed_bank(bank)
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("default: allow\npolicies:\n  - name: freezes_need_a_person\n    if: {tool: cards.freeze}\n"
+                      "    then: {action: require_human_approval}\n")
+    runner = CliRunner()
+    run_ids = []
+    for tid, cid in (("T-q-3", "C0002"), ("T-q-4", "C0003")):
+        _ticket(db, bank, tid, cid, "I think my card was stolen yesterday, please block it")
+        res = runner.invoke(cli, ["run", "support_triage", "--input", json.dumps({"ticket_id": tid}), "--queue",
+                                  "--policies", str(strict), "--db", db_url])  # fmt: skip
+        assert res.exit_code == 0, res.stderr
+        run_ids.append(res.output.split()[0])
+    assert engine.wait(db, run_ids, 60) == dict.fromkeys(run_ids, "waiting_approval")  # the file's rule held
+    with db.read() as conn:
+        hashes = set(conn.execute(sa.select(runs_table.c.policy_hash).where(runs_table.c.id.in_(run_ids))).scalars())
+        frozen = conn.execute(sa.select(sa.func.count()).select_from(systems.cards).where(systems.cards.c.status == "frozen")).scalar()
+    assert hashes == {load_policy(strict).hash} and frozen == 0
+
+    # The approver's process claimed the run and died (SIGKILL) before finishing it: it stays `running`.
+    stranded = run_ids[1]
+    [req] = [r for r in ApprovalInbox(db).list() if r.run_id == stranded]
+    ApprovalInbox(db).decide(req.id, approve=True, by="lead")
+    with db.transaction() as conn:
+        conn.execute(runs_table.update().where(runs_table.c.id == stranded).values(status="running", driver="proc:gone:1#dead"))
+    res = runner.invoke(cli, ["runs", "resume", stranded, "--queue", "--db", db_url])
+    assert res.exit_code == 1 and "pass --stranded if the process driving it died" in res.stderr
+    res = runner.invoke(cli, ["runs", "resume", stranded, "--queue", "--stranded", "--db", db_url])
+    assert res.exit_code == 0, res.stderr
+    status = engine.wait(db, [stranded], 60)[stranded]
+    while status == "waiting_approval":  # the customer has more cards: each freeze waits for a person
+        [req] = [r for r in ApprovalInbox(db).list() if r.run_id == stranded]
+        ApprovalInbox(db).decide(req.id, approve=True, by="lead")
+        segment = engine.enqueue_resume(db, stranded)
+        status = engine.wait_segments(db, [segment], 60)[segment]["status"]
+    assert status == "completed"
+    with db.read() as conn:
+        frozen = conn.execute(sa.select(sa.func.count()).select_from(systems.cards).where(systems.cards.c.status == "frozen")).scalar()
+    assert frozen >= 1
+    assert Ledger(db).verify().ok
+
+
 def test_queue_refuses_bad_input_and_options(db_url: str, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["run", "support_triage", "--input", '{"ticket": "x"}', "--queue", "--db", db_url])
@@ -133,7 +183,13 @@ def test_queue_refuses_bad_input_and_options(db_url: str, tmp_path: Path) -> Non
     assert not (tmp_path / "tether.engine.db").exists()  # nothing queued, no engine state written
     res = runner.invoke(cli, ["run", "support_triage", "--input", '{"ticket_id": "x"}', "--queue", "--policies", "p.yaml",
                               "--db", db_url])  # fmt: skip
-    assert res.exit_code == 1 and "--policies cannot be used with --queue" in res.stderr
+    assert res.exit_code != 0 and "p.yaml" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    unchecked = tmp_path / "unchecked.yaml"
+    unchecked.write_text("policies:\n  - name: typo\n    if: {tool: payments.refund, amount: '> 5'}\n    then: {action: deny}\n")
+    res = runner.invoke(cli, ["run", "support_triage", "--input", '{"ticket_id": "x"}', "--queue", "--policies",
+                              str(unchecked), "--db", db_url])  # fmt: skip
+    assert res.exit_code == 1 and "amount" in res.stderr and "never be checked" in res.stderr
+    assert not (tmp_path / "tether.engine.db").exists()  # still nothing queued
     res = runner.invoke(cli, ["run", "support_triage", "--input", '{"ticket_id": "x"}', "--queue", "--db", "sqlite://"])
     assert res.exit_code == 1 and "not an in-memory SQLite database" in res.stderr
     res = runner.invoke(cli, ["worker", "--heartbeat", "2", "--dead-after", "1", "--db", db_url])
@@ -230,3 +286,30 @@ def test_a_stranded_run_a_worker_cannot_resume_says_why(db: Database, monkeypatc
     with db.read() as conn:
         row = conn.execute(sa.select(runs_table.c.status, runs_table.c.error).where(runs_table.c.id == "run_strand")).one()
     assert row.status == "interrupted" and row.error.startswith("not resumed by a worker: run run_strand started on")
+
+
+def test_a_queued_run_refused_by_the_kill_switch_is_kept_with_the_reason(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its id was handed out when it was queued: a worker that finds the workflow killed (or its
+    budget spent) records the run as ended, with the reason, instead of dropping it."""
+    from tether.models import budgets
+    from tether.orchestration import rollout
+
+    monkeypatch.setattr(engine, "_db", db)
+    job = {"ticket_id": "T-none"}
+    rollout.kill(db, "support_triage", by="ops", reason="bad answers")
+    out = engine.advance("run_refused", "support_triage", job, "alice", "default", driver="engine:run_refused")
+    assert out["status"] == "halted" and "workflow support_triage is killed (bad answers)" in out["error"]
+    rollout.restore(db, "support_triage", by="ops")
+    with db.transaction() as conn:
+        budgets.set_budget(conn, "tenant", "acme", "daily", 0.0)
+    out = engine.advance("run_broke", "support_triage", job, "alice", "acme", driver="engine:run_broke")
+    assert out["status"] == "budget_exhausted" and "budget" in out["error"]
+    runner = CliRunner()
+    res = runner.invoke(cli, ["runs", "show", "run_refused", "--json", "--db", str(db.url)])
+    assert res.exit_code == 0, res.stderr
+    shown = json.loads(res.output)
+    assert shown["status"] == "halted" and shown["steps"] == 0
+    with db.read() as conn:
+        kinds = conn.execute(sa.select(ledger.ledger_entries.c.kind).where(ledger.ledger_entries.c.run_id == "run_broke")).scalars().all()
+    assert kinds == ["run_refused"]
+    assert Ledger(db).verify().ok

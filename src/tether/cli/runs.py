@@ -62,9 +62,8 @@ def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, polic
     wf = load(workflow_ref)
     data = parse_json_object(input_json, "--input")
     wf.parse_input(data)  # bad input fails before the database is touched
+    policy = load_policy(policy_file) if policy_file else None  # so does a bad policy file
     if queued:
-        if policy_file:
-            raise TetherError("--policies cannot be used with --queue: queued runs use their workflow's own policy")
         from tether.models import budgets
         from tether.orchestration import engine
 
@@ -73,10 +72,10 @@ def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, polic
         with db.read() as conn:  # refused now, as a run started here would be, not silently by a worker later
             rollout.refuse_if_killed(conn, wf.name)
             budgets.check(conn, tenant, wf.name)
-        run_id = engine.enqueue(db, wf, data, started_by=user or default_user(), tenant=tenant)
+        run_id = engine.enqueue(db, wf, data, started_by=user or default_user(), tenant=tenant,
+                                policy=policy)  # fmt: skip
         echo_json({"run_id": run_id, "status": "queued"}) if as_json else click.echo(f"{run_id} queued")
         return
-    policy = load_policy(policy_file) if policy_file else None
     runtime = Runtime(open_db(db_url, create=True), policy=policy)
     wf = rollout.route(runtime.db, wf, data)  # a rollout under way may pick the candidate version
     try:
@@ -195,11 +194,9 @@ def resume(run_id: str, stranded: bool, migrate: bool, queued: bool, db_url: str
     """Re-drive a paused run whose approval was decided (e.g. after the decider's process died)."""
     db = open_db(db_url)
     if queued:
-        if stranded or migrate:
-            raise TetherError("--queue resumes a waiting run; workers re-drive stranded runs themselves, and --migrate runs here")
         from tether.orchestration import engine
 
-        segment = engine.enqueue_resume(db, run_id)
+        segment = engine.enqueue_resume(db, run_id, stranded=stranded, migrate=migrate)
         echo_json({"run_id": run_id, "status": "queued", "segment": segment}) if as_json else click.echo(f"{run_id} queued")
         return
     with db.read() as conn:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tether.errors import RunNotFound, TetherError, WorkflowError
+from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
+from tether.guardrails.loading import Policy, policy_from_text
 from tether.orchestration.runtime import FINAL_STATUSES, INTERRUPTED, RUNNING, WAITING, Runtime, RunResult, version_key
 from tether.orchestration.workflow import Workflow, load
 from tether.record import runs as store
@@ -78,15 +79,21 @@ def _runtime(wf: Workflow[Any, Any]) -> Runtime:
 
 
 def advance(
-    run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str, *, driver: str | None = None
-) -> dict[str, Any]:
+    run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str, *, driver: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Bring a run as far as it goes now: start it, or re-drive it from its journal.
 
     `driver` labels this engine workflow (`engine:<its id>`). A run left `running` is
     re-driven only when the same engine workflow held it: that one is being recovered
     after its worker died (or was declared dead), and the fence makes a worker that was
     only paused stop at its next write. A run `running` under any other driver (a person
-    approving it in their own process, another segment) is left to that driver."""
+    approving it in their own process, another segment) is left to that driver.
+
+    `options` carry what the person queueing asked for: `policy_hash` (a policy stored at
+    enqueue, for a new run), `migrate` (re-run the journal on this code), `stranded` (they
+    say the process that held the run died: take it whoever held it)."""
+    options = options or {}
     try:
         wf = load(ref)
         rt = _runtime(wf)
@@ -94,16 +101,23 @@ def advance(
             with rt.db.read() as conn:
                 row = store.get_run(conn, run_id)
         except RunNotFound:  # not started yet, or its start transaction never committed
-            return _plain(rt.start(wf, input, started_by=started_by, tenant=tenant, run_id=run_id, driver=driver))
+            policy = None
+            if options.get("policy_hash"):
+                with rt.db.read() as conn:
+                    source, text = store.policy_text(conn, options["policy_hash"])
+                policy = policy_from_text(text, source)
+            return _plain(rt.start(wf, input, started_by=started_by, tenant=tenant, run_id=run_id, driver=driver,
+                                   policy=policy, record_refusal=True))  # its id was handed out: a refusal is kept
         if row.status in FINAL_STATUSES:
             return _plain(_result(row))
         held_by = store.driver_label(row.driver)
-        if row.status == RUNNING and held_by is not None and held_by != driver:
+        if row.status == RUNNING and held_by is not None and held_by != driver and not options.get("stranded"):
             return {"run_id": run_id, "status": "not_driven", "error": f"run {run_id} is being driven by {held_by}"}
         stranded = row.status in (RUNNING, INTERRUPTED)
         try:
             # Conditional on the holder we saw: a rival that claimed it since wins, and we step aside.
-            return _plain(rt.resume(run_id, wf, stranded=stranded, driver=driver, from_driver=row.driver))
+            return _plain(rt.resume(run_id, wf, stranded=stranded, migrate=bool(options.get("migrate")), driver=driver,
+                                    from_driver=row.driver))  # fmt: skip
         except WorkflowError as e:
             if row.status == RUNNING:  # left as `running` it would look driven for ever: say why it is not
                 with rt.db.transaction() as conn:
@@ -143,11 +157,13 @@ def _register() -> None:
     # A step that raised something other than a run's own error (say, a lost database
     # connection) is retried; the journal makes the retry continue where it stopped.
     @DBOS.step(name="tether.advance", retries_allowed=True, max_attempts=5, interval_seconds=0.5)
-    def step(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
+    def step(
+        run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str, options: dict[str, Any] | None
+    ) -> dict[str, Any]:
         with _active_lock:
             _active[0] += 1
         try:
-            return advance(run_id, ref, input, started_by, tenant, driver=f"engine:{DBOS.workflow_id}")
+            return advance(run_id, ref, input, started_by, tenant, driver=f"engine:{DBOS.workflow_id}", options=options)
         finally:
             with _active_lock:
                 _active[0] -= 1
@@ -155,8 +171,11 @@ def _register() -> None:
     # A run whose every attempt kills its worker (say, out of memory) stops being retried after
     # 20 recoveries; it stays `running` in tether, for `tether runs resume RUN --stranded`.
     @DBOS.workflow(name=RUN_WORKFLOW, max_recovery_attempts=20)
-    def run(run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str) -> dict[str, Any]:
-        return step(run_id, ref, input, started_by, tenant)
+    # `options` came after the first release: runs queued before it carry five arguments.
+    def run(
+        run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return step(run_id, ref, input, started_by, tenant, options)
 
     _registered = True
 
@@ -171,21 +190,35 @@ def migrate(db: Database) -> None:
 
 def enqueue(
     db: Database, workflow: Workflow[Any, Any], input: Any, *, started_by: str, tenant: str = "default",
-    run_id: str | None = None, client: Any = None,
+    run_id: str | None = None, client: Any = None, policy: Policy | None = None,
 ) -> str:  # fmt: skip
-    """Queue a run for the workers; returns its run id. Bad input fails here, before anything is queued."""
+    """Queue a run for the workers; returns its run id. Bad input fails here, before anything is queued.
+
+    `policy` replaces the workflow's own for this run: it is stored (and its loading ledgered)
+    now, so the worker runs exactly the text that was checked here."""
     from tether.guardrails.approvals import principal
+    from tether.record import ledger
 
     workflow.check()
     plain = workflow.parse_input(input).model_dump(mode="json")
     run_id = run_id or "run_" + secrets.token_hex(8)
+    options: dict[str, Any] = {}
+    if policy is not None:
+        errors, _ = policy.lint({t.name: t.schema for t in workflow.tools})
+        if errors:
+            raise PolicyError(f"{errors[0]} (the rule would never be checked; fix the argument name)")
+        with db.transaction() as conn:
+            loaded = store.store_policy(conn, policy.hash, policy.source, policy.text)
+            if loaded:
+                ledger.append(conn, "policy_loaded", loaded)
+        options["policy_hash"] = policy.hash
     own = client is None
     client = client or open_client(db)
     try:
         client.enqueue(
             {"queue_name": QUEUE, "workflow_name": RUN_WORKFLOW, "workflow_id": run_id, "app_version": APP_VERSION,
              "application_name": APP},
-            run_id, workflow.ref, plain, principal(started_by), tenant,
+            run_id, workflow.ref, plain, principal(started_by), tenant, options,
         )  # fmt: skip
     finally:
         if own:
@@ -193,14 +226,19 @@ def enqueue(
     return run_id
 
 
-def enqueue_resume(db: Database, run_id: str, *, client: Any = None) -> str:
-    """Queue the next segment of a paused run (after its approval was decided); returns the engine's id for it."""
+def enqueue_resume(
+    db: Database, run_id: str, *, client: Any = None, stranded: bool = False, migrate: bool = False
+) -> str:
+    """Queue the next segment of a paused run (after its approval was decided); returns the engine's id for it.
+
+    `stranded`: the run is `running` or `interrupted` and the process that held it died (the
+    caller says so); `migrate`: re-run its journal on the code the workers run."""
     with db.read() as conn:
         row = store.get_run(conn, run_id)
     if row.status in FINAL_STATUSES:
         raise WorkflowError(f"run {run_id} already ended ({row.status})")
-    if row.status != WAITING:
-        raise WorkflowError(f"run {run_id} is {row.status}; only a run waiting for approval is resumed from the queue")
+    if row.status != WAITING and not (stranded and row.status in (RUNNING, INTERRUPTED)):
+        raise WorkflowError(f"run {run_id} is {row.status}; pass --stranded if the process driving it died")
     segment = f"{run_id}:resume:{secrets.token_hex(4)}"
     own = client is None
     client = client or open_client(db)
@@ -209,6 +247,7 @@ def enqueue_resume(db: Database, run_id: str, *, client: Any = None) -> str:
             {"queue_name": QUEUE, "workflow_name": RUN_WORKFLOW, "workflow_id": segment, "app_version": APP_VERSION,
              "application_name": APP},
             run_id, row.workflow_ref, row.input, row.started_by, row.tenant,
+            {"stranded": stranded, "migrate": migrate},
         )  # fmt: skip
     finally:
         if own:

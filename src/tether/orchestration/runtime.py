@@ -20,7 +20,15 @@ import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from tether.errors import NonDeterminismError, PolicyError, RunNotFound, RunTakenOver, TetherError, WorkflowError
+from tether.errors import (
+    NonDeterminismError,
+    PolicyError,
+    RunNotFound,
+    RunTakenOver,
+    TetherError,
+    WorkflowError,
+    WorkflowKilled,
+)
 from tether.guardrails import approvals
 from tether.guardrails.approvals import principal
 from tether.guardrails.limits import SharedRateLimiter
@@ -102,12 +110,19 @@ class Runtime:
         tenant: str = "default",
         run_id: str | None = None,
         driver: str | None = None,
+        record_refusal: bool = False,
+        policy: Policy | None = None,
     ) -> RunResult:
         """Start a run and drive it until it ends or pauses. `driver` labels who drives it
-        (default: this process); see `store.new_driver`."""
+        (default: this process); see `store.new_driver`.
+
+        A killed workflow or a spent budget refuses the run with an error, writing
+        nothing. With `record_refusal` (a queued run, whose id was already handed out)
+        the refused run is written instead, ended `halted` or `budget_exhausted` with
+        the reason, and a `run_refused` ledger entry."""
         workflow.check()
         parsed = workflow.parse_input(input)
-        policy = self.policy or workflow.policy()
+        policy = policy or self.policy or workflow.policy()
         self._lint(workflow, policy)
         self._ceiling(workflow)  # a bad $TETHER_COST_CEILING_USD fails here, before the run exists
         if self.model is not None or workflow.model_factory is not None:
@@ -116,23 +131,33 @@ class Runtime:
         run_id = run_id or "run_" + secrets.token_hex(8)
         plain_input = parsed.model_dump(mode="json")
         holder = store.new_driver(driver)
+        refused: tuple[str, str] | None = None
         with self.db.transaction() as conn:
-            rollout.refuse_if_killed(conn, workflow.name)
-            budgets.check(conn, tenant, workflow.name)  # a spent budget refuses the run before anything is written
+            try:
+                rollout.refuse_if_killed(conn, workflow.name)
+                budgets.check(conn, tenant, workflow.name)  # a spent budget refuses the run before anything is written
+            except (WorkflowKilled, budgets.BudgetExceeded) as e:
+                if not record_refusal:
+                    raise
+                refused = (store.HALTED if isinstance(e, WorkflowKilled) else "budget_exhausted", str(e))
             loaded = store.store_policy(conn, policy.hash, policy.source, policy.text)
             if loaded:  # a new policy version is an audited event
                 ledger.append(conn, "policy_loaded", loaded)
             store.insert_run(
                 conn, id=run_id, workflow=workflow.name, workflow_ref=workflow.ref,
-                workflow_version=workflow.version, status=RUNNING, input=plain_input,
+                workflow_version=workflow.version, status=refused[0] if refused else RUNNING, input=plain_input,
                 started_by=started_by, tenant=tenant, policy_hash=policy.hash, driver=holder,
+                error=refused[1] if refused else None,
             )  # fmt: skip
             ledger.append(
-                conn, "run_started",
+                conn, "run_refused" if refused else "run_started",
                 {"workflow": workflow.name, "version": workflow.version, "policy_hash": policy.hash,
-                 "started_by": started_by, "tenant": tenant, "input_sha256": digest(plain_input)},
+                 "started_by": started_by, "tenant": tenant, "input_sha256": digest(plain_input),
+                 **({"status": refused[0], "reason": refused[1]} if refused else {})},
                 run_id=run_id,
             )  # fmt: skip
+        if refused:
+            return RunResult(run_id, workflow.name, refused[0], None, 0, refused[1])
         return self._drive(workflow, run_id, parsed, policy, tenant, started_by, recorded=[], driver=holder)
 
     def resume(
