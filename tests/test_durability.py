@@ -365,12 +365,21 @@ def test_replay_reproduces_cancelled_and_deadline_endings(db: Database) -> None:
 
 @tool("stock.hold_then_die", timeout_s=None, compensate=("stock.release", lambda args, out, key: {"what": args["what"]}))
 def hold_then_die(ctx: ToolContext[World], args: Hold) -> dict[str, Any]:
-    """Hold, then the process is interrupted before the result is recorded."""
-    ctx.deps.apply(ctx.idempotency_key, "hold", args.what)
-    raise KeyboardInterrupt
+    """Hold, then (the first time) the process is interrupted before the result is recorded."""
+    world = ctx.deps
+    if getattr(world, "down", False):
+        raise ConnectionError("the stock system is unreachable")
+    out = world.apply(ctx.idempotency_key, "hold", args.what)
+    if not getattr(world, "died", False):
+        world.died = True  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+    return out
 
 
-def test_cancel_names_an_effect_that_was_in_flight(db: Database) -> None:
+def test_cancel_finishes_an_effect_that_was_in_flight_then_undoes_it(db: Database) -> None:
+    """The process died while B ran (after the effect, before its record). Cancelling first
+    finishes B under its own key (the system of record answers what it did, no second hold),
+    then undoes B and A, newest first; replay reproduces it."""
     world = World()
     wf: Workflow[Job, World] = Workflow("inflight", input=Job, tools=[hold, hold_then_die, release, *_flow_tools()],
                                         policy=POLICY, deps=lambda d: world)  # fmt: skip
@@ -386,6 +395,29 @@ def test_cancel_names_an_effect_that_was_in_flight(db: Database) -> None:
     with db.read() as conn:
         [run_id] = conn.execute(sa.text("select id from runs")).scalars().all()
     c = Runtime(db).cancel(run_id, wf, by="ops")
-    assert c.status == "cancelled" and "compensated 1 of 1 effects" in (c.error or "")
+    assert c.status == "cancelled" and "compensated 2 of 2 effects" in (c.error or ""), c.error
+    assert "may have happened" not in (c.error or "")
+    assert world.effects == [("hold", "A"), ("hold", "B"), ("release", "B"), ("release", "A")]
+    rep = replay(db, run_id, workflow=wf)
+    assert (rep.replay_status, rep.same) == ("cancelled", True), rep.diff
+
+
+def test_cancel_names_an_effect_it_could_not_finish(db: Database) -> None:
+    world = World()
+    wf: Workflow[Job, World] = Workflow("inflight2", input=Job, tools=[hold, hold_then_die, release, *_flow_tools()],
+                                        policy=POLICY, deps=lambda d: world)  # fmt: skip
+
+    @wf.state(initial=True)
+    def go(run: RunContext[Job, World]) -> Any:
+        run.call("stock.hold", {"what": "A"})
+        run.call("stock.hold_then_die", {"what": "B"})
+        return End("completed", "ok")
+
+    with pytest.raises(KeyboardInterrupt):
+        Runtime(db).start(wf, {})
+    with db.read() as conn:
+        [run_id] = conn.execute(sa.text("select id from runs")).scalars().all()
+    world.down = True  # the system of record is unreachable when the run is cancelled
+    c = Runtime(db).cancel(run_id, wf, by="ops")
+    assert c.status == "cancelled" and "compensated 1 of 1 effects" in (c.error or ""), c.error
     assert "not undone, may have happened: stock.hold_then_die (1.2)" in (c.error or "")
-    assert world.effects == [("hold", "A"), ("hold", "B"), ("release", "A")]

@@ -89,6 +89,8 @@ class RunContext(Generic[InputT, DepsT]):
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
         self._deadline = deadline
         self.in_flight: list[str] = []  # calls compensate() found decided but never finished
+        # Replay finishes only the calls the recorded run finished (it cannot call live systems).
+        self.finishable: set[str] | None = None
         self.provenance = Provenance()
         fields = input.model_dump(mode="json") if isinstance(input, BaseModel) else {"input": input}
         for name, value in (fields.items() if isinstance(fields, dict) else ()):
@@ -320,17 +322,16 @@ class RunContext(Generic[InputT, DepsT]):
 
         Every compensation is a governed call (validated, decided, ledgered) with a
         stable id `undo:<call>` and the idempotency key of the step it undoes, so a
-        resumed or replayed run answers it from the journal instead of repeating it."""
+        resumed or replayed run answers it from the journal instead of repeating it.
+
+        A call that was cleared (allowed or approved) but has no recorded result (the
+        process died while it ran) is first finished under its own idempotency key: the
+        system of record answers with what it did, or does it now, so it can be undone."""
+        # Cleared calls that finishing could not bring to an ok result: they may have happened and
+        # cannot be undone without their output; they are named, never passed over silently.
+        self.in_flight = self._finish_in_flight()
         events = self._journal.call_events()
         results = [e for e in events if e.kind == "result" and e.data["status"] == "ok" and not str(e.call_id).startswith("undo:")]
-        finished = {e.call_id for e in events if e.kind == "result"}
-        # Allowed, then the process died before the result was recorded: the effect may have
-        # happened. It cannot be undone without its output; it is named, never passed over silently.
-        tools = {e.call_id: e.data["tool"] for e in events if e.kind == "proposal"}
-        cleared = [e for e in events if (e.kind == "decision" and e.data["action"] == "allow")
-                   or (e.kind == "approval" and e.data["approved"])]  # fmt: skip
-        self.in_flight = [f"{tools.get(e.call_id)} ({e.call_id})" for e in cleared
-                          if e.call_id not in finished and not str(e.call_id).startswith("undo:")]
         undone = []
         for ev in reversed(results):
             t = self.workflow.tools.get(ev.data["tool"]) if ev.data["tool"] in self.workflow.tools else None
@@ -350,6 +351,43 @@ class RunContext(Generic[InputT, DepsT]):
                             facts=dict(proposal.data.get("facts") or {}))  # fmt: skip
             undone.append(self._propose(call, None, RunInfo(run_id=self.id, step=proposal.step, tenant=self.tenant)))
         return undone
+
+    def _finish_in_flight(self) -> list[str]:
+        """Finish every cleared call that has no result; returns those still not ok, by name."""
+        unsure: list[str] = []
+        events = self._journal.call_events()
+        finished = {e.call_id for e in events if e.kind == "result"}
+        by_call: dict[str, list[Any]] = {}
+        for e in events:
+            if e.call_id and e.call_id not in finished and not e.call_id.startswith("undo:"):
+                by_call.setdefault(e.call_id, []).append(e)
+        for call_id, evs in by_call.items():
+            proposal = next((e for e in reversed(evs) if e.kind == "proposal"), None)
+            decision = next((e for e in reversed(evs) if e.kind == "decision"), None)
+            applied = next((e for e in reversed(evs) if e.kind == "approval"), None)
+            if proposal is None or decision is None or (self.finishable is not None and call_id not in self.finishable):
+                continue
+            d = Decision.model_validate(decision.data)
+            approval = None
+            if applied is not None and applied.data["approved"]:
+                approval = Approval(applied.data["approval_id"], True, applied.data["by"] or "", None, d)
+            elif d.action != "allow":
+                continue  # never cleared: nothing can have happened
+            name = f"{proposal.data['tool']} ({call_id})"
+            if proposal.data["tool"] not in self.workflow.tools:
+                unsure.append(name)
+                continue
+            p = proposal.data
+            call = ToolCall(call_id=call_id, tool=p["tool"], args=dict(p["args"]), proposer=p["proposer"],
+                            facts=dict(p.get("facts") or {}), risk_context=dict(p.get("risk_context") or {}))  # fmt: skip
+            info = RunInfo(run_id=self.id, step=proposal.step, tenant=self.tenant)  # the key of the step it ran in
+            with self._tool_span(call) as span:
+                result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=info,
+                                          approval=approval, decided=None if approval else d)  # fmt: skip
+                self._end_tool_span(span, result)
+            if not result.ok:
+                unsure.append(name)
+        return unsure
 
     def _learn_result(self, t: Tool | None, origins: Mapping[str, Origin], result: ToolResult) -> ToolResult:
         """Label a result: untrusted where the tool says outsiders write it, and all of it when

@@ -119,6 +119,10 @@ class _Recording:
         # Approvals are keyed by what the code sent, results by the validated arguments.
         self.approvals: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.novelty: dict[str, list[bool]] = defaultdict(list)  # risk feature, as it was when recorded
+        # Results recorded once the run was stopping (cancelled, or ended and undoing its effects)
+        # came from finishing in-flight calls and from undoing: the states never saw them.
+        stop = min((e.seq for e in events if e.kind in ("cancel", "compensating")), default=None)
+        self.held: list[tuple[str, dict[str, Any]]] = []
         proposals: dict[str, tuple[str, str]] = {}
         for e in events:
             if e.kind == "choice":
@@ -131,7 +135,16 @@ class _Recording:
             elif e.kind == "approval" and e.call_id in proposals:
                 self.approvals[proposals[e.call_id][1]].append(e.data)
             elif e.kind == "result" and e.call_id in proposals and e.data["status"] in ("ok", "error", "timeout"):
-                self.results[proposals[e.call_id][0]].append(e.data)
+                if stop is not None and e.seq > stop:
+                    self.held.append((proposals[e.call_id][0], e.data))
+                else:
+                    self.results[proposals[e.call_id][0]].append(e.data)
+
+    def stopping(self) -> None:
+        """The replayed run is stopping too: the answers recorded while it stopped become available."""
+        for key, data in self.held:
+            self.results[key].append(data)
+        self.held = []
 
     def choose(self, request: DecisionRequest) -> Choice:
         queue = self.choices.get((request.point, digest(request)))
@@ -197,6 +210,7 @@ def replay(
         journal=journal, proxy=proxy, policy=pol, deps=None, model=lambda: model, approval_source=recording.approval,
         history=recording.novel,
     )  # fmt: skip
+    ctx.finishable = {e.call_id for e in events if e.kind == "result" and e.call_id}
     stopped = error = None
     outside_end = False
     cancelled = any(e.kind == "cancel" for e in events)
@@ -213,6 +227,7 @@ def replay(
             else:
                 raise
         if status in wf.compensate_on:
+            recording.stopping()
             ctx.compensate()
     except Suspend:
         status = "waiting_approval"

@@ -129,8 +129,13 @@ class ToolProxy:
         deps: Any,
         run: RunInfo,
         approval: Approval | None = None,
+        decided: Decision | None = None,
     ) -> ToolResult:
-        """`call.risk_context` feeds the risk score: customer_tier, confidence, novel (bool)."""
+        """`call.risk_context` feeds the risk score: customer_tier, confidence, novel (bool).
+
+        `approval` executes a call a person decided; `decided` executes one the policy already
+        allowed and the journal recorded (finishing a call cut off before its result was
+        recorded): neither is proposed or decided again."""
         try:
             t, args = self.validate(call)
         except (UnknownTool, InvalidArguments) as e:
@@ -139,7 +144,9 @@ class ToolProxy:
             return self._finish(recorder, call, status="invalid", error=str(e))
         clean = args.model_dump(mode="json")
 
-        if approval is None:
+        if decided is not None:
+            decision = decided
+        elif approval is None:
             recorder.proposed(call, clean, None, t.schema)
             rc = call.risk_context
             risk = score(features_for(t, clean, rc, bool(rc.get("novel"))))
