@@ -26,6 +26,28 @@ def find_bin() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
+def find_pgvector_bin() -> Path | None:
+    """A PostgreSQL bin folder whose server has the pgvector extension, or None.
+
+    The machine's own first (a `postgresql-NN-pgvector` package), else the PostgreSQL
+    build with pgvector bundled in the `pgserver` wheel (a test dependency), whose
+    binaries TempPostgres runs like any other.
+    """
+    for initdb in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: -int(Path(p).parts[-3])):
+        root = Path(initdb).parent.parent
+        if (root / "lib" / "vector.so").exists():
+            return root / "bin"
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]) / "pginstall"
+    if (root / "bin" / "initdb").exists() and (root / "lib" / "postgresql" / "vector.so").exists():
+        return root / "bin"
+    return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

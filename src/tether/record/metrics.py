@@ -35,6 +35,7 @@ class _FromDatabase:
             yield from self._runs(conn)
             yield from self._calls(conn)
             yield from self._approvals(conn)
+            yield from self._caches(conn)
         yield from self._evals()
 
     def _runs(self, conn: sa.Connection) -> Iterator[Metric]:
@@ -102,6 +103,20 @@ class _FromDatabase:
         for status, n in sorted(pending.items()):
             g.add_metric([status], n)
         yield g
+
+    def _caches(self, conn: sa.Connection) -> Iterator[Metric]:
+        from tether.record.cachestats import rates
+
+        found = rates(conn)
+        lookups = CounterMetricFamily("tether_cache_lookups", "Cache lookups by cache (answer, embedding, retrieval) and result, "
+                                      "over every process using this database", labels=["cache", "result"])  # fmt: skip
+        ratio = GaugeMetricFamily("tether_cache_hit_ratio", "Share of lookups each cache answered", labels=["cache"])
+        for cache, r in found.items():
+            lookups.add_metric([cache, "hit"], r["hits"])
+            lookups.add_metric([cache, "miss"], r["misses"])
+            ratio.add_metric([cache], r["hit_rate"])
+        yield lookups
+        yield ratio
 
     def _evals(self) -> Iterator[Metric]:
         g = GaugeMetricFamily("tether_eval_score", "Eval figures from result files", labels=["source", "metric"])
