@@ -117,6 +117,14 @@ class _FromDatabase:
             ratio.add_metric([cache], r["hit_rate"])
         yield lookups
         yield ratio
+        from tether.memory.store import pgvector_ready
+
+        backend = GaugeMetricFamily("tether_vector_store_backend", "The vector store's backend on this database (1: in use)",
+                                    labels=["backend"])  # fmt: skip
+        pg = pgvector_ready(self.db)
+        backend.add_metric(["pgvector"], 1.0 if pg else 0.0)
+        backend.add_metric(["numpy"], 0.0 if pg else 1.0)
+        yield backend
 
     def _evals(self) -> Iterator[Metric]:
         g = GaugeMetricFamily("tether_eval_score", "Eval figures from result files", labels=["source", "metric"])
