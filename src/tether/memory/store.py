@@ -10,6 +10,8 @@ Two backends, one result (same ids, same order; ties go to the older item):
   tenant's namespace once into a numpy matrix (kept until the next add) and ranks by
   cosine similarity. sqlite-vec would do this inside SQLite, but this Python's
   sqlite3 cannot load extensions, so the store does not depend on it.
+Both shortlist k+8 and re-score those in float64 (float32 sums differ between numpy
+and pgvector in the 7th digit, which would swap near-ties), so they agree.
 `VectorStore.backend` says which is in use. The blob is always written, so either
 backend can serve the same rows. Searches are cached per (tenant, namespace,
 query, k) until the namespace changes; hits and misses count in `cache_stats`.
