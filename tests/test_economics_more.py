@@ -318,6 +318,35 @@ def test_an_action_budget_denies_calls_to_its_tool_once_spent(db_url: str) -> No
     db.dispose()
 
 
+def test_a_spent_action_budget_asks_no_human_and_holds_after_an_approval(db: Database) -> None:
+    from tether import ApprovalInbox
+    from tether.models.budgets import set_budget
+    from tether.record.tables import approvals
+
+    from _flows import TOOLS
+
+    wf: Workflow[Job, World] = Workflow("big_refund", input=Job, tools=TOOLS, policy=POLICY, deps=lambda db: World())
+
+    @wf.state(initial=True, goes_to=[])
+    def go(run: Any) -> Any:
+        run.choose("sure", ["yes"], {"text": "x" * 400})
+        r = run.call("payments.refund", {"transaction_id": "T1", "amount_usd": 500})  # over 100: a person approves
+        return End("completed", f"{r.status}: {r.error}")
+
+    rt = Runtime(db, model=lambda: _Priced())
+    waiting = rt.start(wf, {}, started_by="alice")
+    assert waiting.status == "waiting_approval"
+    with db.transaction() as conn:
+        set_budget(conn, "action", "payments.refund", "monthly", 0.001)  # spent already by the waiting run's call
+    refused = rt.start(wf, {}, started_by="alice")
+    assert refused.status == "completed" and refused.outcome.startswith("denied: monthly budget of action 'payments.refund' is spent")
+    with db.read() as conn:  # nobody was asked to approve a call that could not be paid for
+        assert conn.execute(sa.select(approvals.c.run_id)).scalars().all() == [waiting.run_id]
+    ApprovalInbox(db).decide(waiting.approval_id or "", approve=True, by="bob", reason="ok")
+    resumed = rt.resume(waiting.run_id, wf)  # spent while the approval waited: denied after it too
+    assert resumed.status == "completed" and resumed.outcome.startswith("denied: monthly budget of action 'payments.refund'")
+
+
 @pytest.mark.parametrize("args, message", [
     (["costs", "budget", "action", "not a tool!", "--daily", "1"], "an action budget names a tool like 'payments.refund', got 'not a tool!'"),
     (["costs", "budget", "action", "notes.add", "--monthly", "-2"], "a budget limit must be >= 0 USD"),
@@ -418,3 +447,33 @@ def test_the_economics_migration_matches_the_tables(db: Database) -> None:
         diffs = compare_metadata(MigrationContext.configure(conn), metadata)
     mine = [d for d in diffs if any(t in repr(d) for t in ("cache_stats", "cost_ceiling_usd", "'action'", "ix_model_calls_action"))]
     assert mine == []
+
+
+def test_migrating_to_pgvector_moves_existing_vectors(pgvector_url: str) -> None:
+    """A PostgreSQL database filled before 0009 gets its vectors into the pgvector table on upgrade."""
+    import numpy as np
+    from alembic import command
+
+    from tether.memory.embed import HashingEmbedder
+    from tether.record.db import _alembic_config
+    from tether.record.tables import memory_items
+
+    engine = sa.create_engine(pgvector_url.replace("postgresql://", "postgresql+psycopg://"))
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0008")
+    emb = HashingEmbedder()
+    texts = [t for t, _ in CORPUS]
+    with engine.begin() as conn:
+        conn.execute(memory_items.insert(), [
+            {"tenant": "acme", "namespace": "kb", "text": t, "meta": m, "embedder": emb.name, "created_at": "t",
+             "vector": np.asarray(v, dtype=np.float32).tobytes()} for (t, m), v in zip(CORPUS, emb.embed(texts), strict=True)])  # fmt: skip
+    engine.dispose()
+    db = Database(pgvector_url)  # migrates to 0009
+    store = VectorStore(db)
+    assert store.backend == "pgvector"
+    with db.read() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM memory_vectors").scalar() == len(CORPUS)
+    assert [[i for i, _ in r] for r in _ranked(store)] == [[i for i, _ in r] for r in _ranked(VectorStore(db, backend="numpy"))]
+    db.dispose()
