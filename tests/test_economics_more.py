@@ -174,6 +174,10 @@ def test_cache_hit_rates_in_metrics_count_every_process(db_url: str) -> None:
     assert got[("tether_cache_hit_ratio", (("cache", "retrieval"),))] == 0.4
     assert got[("tether_cache_hit_ratio", (("cache", "embedding"),))] == pytest.approx(1 / 3, abs=1e-4)
     assert got[("tether_vector_store_backend", (("backend", "numpy"),))] == 1.0
+    caches = json.loads(CliRunner().invoke(cli, ["costs", "--db", db_url, "--json"]).stdout)["caches"]
+    assert caches["answer"] == {"hits": 6, "misses": 2, "hit_rate": 0.75}
+    assert "cache hit rates: answer 75.0% of 8, embedding 33.3% of 12, retrieval 40.0% of 10" in \
+        CliRunner().invoke(cli, ["costs", "--db", db_url]).stdout
 
 
 # -- retention of the economics stores ----------------------------------------------
@@ -477,3 +481,22 @@ def test_migrating_to_pgvector_moves_existing_vectors(pgvector_url: str) -> None
         assert conn.exec_driver_sql("SELECT count(*) FROM memory_vectors").scalar() == len(CORPUS)
     assert [[i for i, _ in r] for r in _ranked(store)] == [[i for i, _ in r] for r in _ranked(VectorStore(db, backend="numpy"))]
     db.dispose()
+
+
+def test_cache_counts_survive_a_failed_write(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    from tether.record.cachestats import CacheCounter, rates
+    from tether.record.tables import cache_stats
+
+    c = CacheCounter(db, "retrieval", every=2)
+    with db.transaction() as conn:
+        cache_stats.drop(conn)
+    c.hit()
+    c.miss()  # due: the write fails, the lookup does not, the counts wait
+    assert "could not write retrieval cache counts" in caplog.text
+    with db.transaction() as conn:
+        cache_stats.create(conn)
+    c.hit()
+    with db.read() as conn:
+        assert rates(conn)["retrieval"] == {"hits": 2, "misses": 1, "hit_rate": 0.6667}
+    with pytest.raises(ValueError, match="cache must be one of answer, embedding, retrieval"):
+        CacheCounter(db, "prompts")

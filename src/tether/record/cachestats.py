@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import logging
 import threading
 import time
 import weakref
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from tether.record.tables import cache_stats
 
 CACHES = ("answer", "embedding", "retrieval")
+log = logging.getLogger(__name__)
 _live: weakref.WeakSet[CacheCounter] = weakref.WeakSet()
 
 
@@ -51,16 +53,26 @@ class CacheCounter:
             self._misses += misses
             due = abs(self._hits) + abs(self._misses) >= self.every or time.monotonic() - self._last >= self.max_age_s
         if due:
-            self.flush()
+            try:
+                self.flush()
+            except sa.exc.SQLAlchemyError as e:  # counting must not fail the lookup it counts; kept for the next try
+                log.warning("could not write %s cache counts: %s", self.cache, str(e).splitlines()[0])
 
     def flush(self) -> None:
         with self._lock:
             hits, misses = self._hits, self._misses
             self._hits = self._misses = 0
             self._last = time.monotonic()
-        if hits or misses:
+        if not (hits or misses):
+            return
+        try:
             with self.db.transaction() as conn:
                 add(conn, self.cache, hits, misses)
+        except BaseException:
+            with self._lock:
+                self._hits += hits
+                self._misses += misses
+            raise
 
 
 def add(conn: sa.Connection, cache: str, hits: int, misses: int, day: str | None = None) -> None:
