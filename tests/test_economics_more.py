@@ -389,7 +389,6 @@ ASKER = _asker()
 
 def test_the_ceiling_is_recorded_shown_and_replayed(db_url: str) -> None:
     from tether.record.tables import runs
-    from tether.server.views import timeline
 
     db = Database(db_url)
     wf = ASKER
@@ -400,9 +399,21 @@ def test_the_ceiling_is_recorded_shown_and_replayed(db_url: str) -> None:
     shown = json.loads(CliRunner().invoke(cli, ["runs", "show", stopped.run_id, "--db", db_url, "--json"]).stdout)
     assert shown["cost_ceiling_usd"] == 0.005 and shown["cost_usd"] == pytest.approx(ONE_CALL)
     assert "cost_ceiling_usd: 1.0" in CliRunner().invoke(cli, ["runs", "show", done.run_id, "--db", db_url]).stdout
-    view = timeline(db, stopped.run_id)
-    assert view["run"]["cost_ceiling_usd"] == view["cost"]["ceiling_usd"] == 0.005
-    assert timeline(db, free.run_id)["cost"]["ceiling_usd"] is None
+    import httpx
+
+    from _server import LiveServer
+    from tether.server.app import create_app
+    from tether.server.keys import create_key
+
+    key, _ = create_key(db, name="olga", role="operator", tools=None)
+    server = LiveServer(create_app(db))
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            view = c.get(f"/api/runs/{stopped.run_id}").json()
+            assert view["run"]["cost_ceiling_usd"] == view["cost"]["ceiling_usd"] == 0.005
+            assert c.get(f"/api/runs/{free.run_id}").json()["cost"]["ceiling_usd"] is None
+    finally:
+        server.stop()
     # Replay applies the recorded ceiling: the run ends on it again, at the same call.
     ref = ["--workflow", "test_economics_more:ASKER"]
     res = CliRunner().invoke(cli, ["replay", stopped.run_id, "--db", db_url, "--json", *ref])
