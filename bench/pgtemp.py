@@ -26,6 +26,28 @@ def find_bin() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
+def find_pgvector_bin() -> Path | None:
+    """A PostgreSQL bin folder whose server has the pgvector extension, or None.
+
+    The machine's own first (a `postgresql-NN-pgvector` package), else the PostgreSQL
+    build with pgvector bundled in the `pgserver` wheel (a test dependency), whose
+    binaries TempPostgres runs like any other.
+    """
+    for initdb in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: -int(Path(p).parts[-3])):
+        root = Path(initdb).parent.parent
+        if (root / "lib" / "vector.so").exists():
+            return root / "bin"
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0]) / "pginstall"
+    if (root / "bin" / "initdb").exists() and (root / "lib" / "postgresql" / "vector.so").exists():
+        return root / "bin"
+    return None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,6 +66,10 @@ class TempPostgres:
         if os.geteuid() == 0:
             self.user = next(u for u in ("postgres", "nobody") if _has_user(u))
             os.chown(self.dir, pwd.getpwnam(self.user).pw_uid, -1)
+            if not _runs_as(self.bin, self.user):
+                # Binaries inside a checkout the server's user cannot enter (a venv under /root, say,
+                # like pgserver's): a copy of the install in the server's own folder.
+                self.bin = _copy_install(self.bin.parent, self.dir / "pkg")
 
     def _run(self, *args: str) -> None:
         subprocess.run([str(self.bin / args[0]), *args[1:]], check=True, capture_output=True, user=self.user,
@@ -69,6 +95,25 @@ class TempPostgres:
             self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _copy_install(root: Path, into: Path) -> Path:
+    """Copy a PostgreSQL install (ROOT/bin, lib, share) keeping the layout its binaries' RPATH
+    expects: a wheel's vendored libraries sit beside its package (pgserver/pginstall and pgserver.libs)."""
+    package = root.parent
+    shutil.copytree(root, into / package.name / root.name, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, into / libs.name, symlinks=True)
+    return into / package.name / root.name / "bin"
+
+
+def _runs_as(bin_dir: Path, user: str) -> bool:
+    try:
+        subprocess.run([str(bin_dir / "initdb"), "--version"], check=True, capture_output=True, user=user)
+        return True
+    except (OSError, subprocess.CalledProcessError):
+        return False
 
 
 def _has_user(name: str) -> bool:

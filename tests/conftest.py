@@ -35,7 +35,7 @@ def db(db_url: str) -> Database:
 
 # -- PostgreSQL from the machine's own binaries ----------------------------------
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
-from pgtemp import TempPostgres, find_bin  # noqa: E402
+from pgtemp import TempPostgres, find_bin, find_pgvector_bin  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +52,20 @@ def pg_url(postgres: TempPostgres) -> str:
     """A new, empty PostgreSQL database for one test."""
     postgres.created = getattr(postgres, "created", 0) + 1
     return postgres.create_db(f"t{postgres.created}")
+
+
+@pytest.fixture(scope="session")
+def pgvector_postgres() -> TempPostgres:
+    """A PostgreSQL server with pgvector: the machine's, or the build in the `pgserver` wheel."""
+    found = find_pgvector_bin()
+    if found is None:
+        pytest.skip("no PostgreSQL with pgvector: neither a postgresql-NN-pgvector package nor the pgserver wheel (test extra)")
+    pg = TempPostgres(found).start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pgvector_url(pgvector_postgres: TempPostgres) -> str:
+    pgvector_postgres.created = getattr(pgvector_postgres, "created", 0) + 1
+    return pgvector_postgres.create_db(f"v{pgvector_postgres.created}")

@@ -140,7 +140,7 @@ def test_costs_command_and_budget_cli(db_url: str) -> None:
     (["costs", "--since", "last week"], "--since must be a day like 2026-11-01"),
     (["costs", "budget", "tenant", "acme"], "give --daily USD and/or --monthly USD"),
     (["costs", "budget", "tenant", "acme", "--daily", "-1"], "a budget limit must be >= 0 USD"),
-    (["costs", "budget", "team", "acme", "--daily", "1"], "'team' is not one of 'tenant', 'feature'"),
+    (["costs", "budget", "team", "acme", "--daily", "1"], "'team' is not one of 'tenant', 'feature', 'action'"),
 ])  # fmt: skip
 def test_costs_bad_input_is_one_line(db_url: str, args: list[str], message: str) -> None:
     Database(db_url).dispose()

@@ -227,7 +227,8 @@ def test_retention_purges_stores_but_never_the_ledger(db: Database, db_url: str)
     r = Runtime(db).start(workflow, {"customer_id": "C0003", "text": "When will my card arrive?"}, started_by="intake")
     entries = Ledger(db).head()[0]
     now = dt.datetime.now(dt.UTC)
-    assert purge(db, Retention(), now=now) == {"prompts": 0, "journal_events": 0, "spans": 0}
+    assert purge(db, Retention(), now=now) == {"prompts": 0, "journal_events": 0, "spans": 0, "observations": 0,
+                                               "answer_cache": 0, "memory_items": 0}
     counts = purge(db, Retention(prompt_days=7, journal_days=10, trace_days=10), now=now + dt.timedelta(days=8), dry_run=True)
     assert counts["prompts"] == 1 and counts["journal_events"] == 0 and counts["spans"] == 0
     counts = purge(db, Retention(prompt_days=7, journal_days=10, trace_days=10), now=now + dt.timedelta(days=11))

@@ -32,11 +32,13 @@ def costs(ctx: click.Context, since: str | None, tenant: str | None, db_url: str
     if ctx.invoked_subcommand is not None:
         return
     from tether.models.budgets import list_budgets, spend_report
+    from tether.record.cachestats import rates
 
     db = open_db(db_url)
     with db.read() as conn:
         report = spend_report(conn, since=_day(since), tenant=tenant)
         report["budgets"] = list_budgets(conn)
+        report["caches"] = rates(conn)  # hit rates of the answer, embedding and retrieval caches, all processes
     if as_json:
         echo_json(report)
         return
@@ -46,18 +48,20 @@ def costs(ctx: click.Context, since: str | None, tenant: str | None, db_url: str
         click.echo(f"per completed run ${report['cost_per_completed_run_usd']:.6f}  ({report['completed_runs']} completed)")
     if report["unpriced_calls"]:
         click.echo(f"unpriced calls: {report['unpriced_calls']} (models missing from the price table; add them with $TETHER_PRICES)")
-    for title, key in (("tenant", "by_tenant"), ("workflow", "by_workflow"), ("model", "by_model"), ("day", "by_day")):
+    for title, key in (("tenant", "by_tenant"), ("workflow", "by_workflow"), ("model", "by_model"), ("day", "by_day"),
+                       ("action", "by_action")):  # fmt: skip
         rows: list[dict[str, Any]] = report[key]
         if rows:
             click.echo(f"by {title}:")
             for r in rows:
-                click.echo(f"  {r['name']:<34} ${r['cost_usd']:>10.4f}  {r['calls']:>6} calls  {r['tokens']:>9} tokens")
+                click.echo(f"  {r['name'] or '(no action)':<34} ${r['cost_usd']:>10.4f}  {r['calls']:>6} calls  {r['tokens']:>9} tokens")
+    click.echo("cache hit rates: " + ", ".join(f"{k} {v['hit_rate']:.1%} of {v['hits'] + v['misses']}" for k, v in report["caches"].items()))
     for b in report["budgets"]:
         click.echo(f"budget {b['scope']} {b['name']} {b['period']}: ${b['spent_usd']:.4f} of ${b['limit_usd']:.4f}")
 
 
 @costs.command("budget")
-@click.argument("scope", type=click.Choice(["tenant", "feature"]))
+@click.argument("scope", type=click.Choice(["tenant", "feature", "action"]))
 @click.argument("name")
 @click.option("--daily", type=float, default=None, help="Daily limit in USD.")
 @click.option("--monthly", type=float, default=None, help="Monthly limit in USD.")
@@ -65,7 +69,8 @@ def costs(ctx: click.Context, since: str | None, tenant: str | None, db_url: str
 @db_option
 @one_line_errors
 def budget(scope: str, name: str, daily: float | None, monthly: float | None, remove: bool, db_url: str | None) -> None:
-    """Set a budget for a tenant or a feature (a workflow): new runs are refused once it is spent."""
+    """Set a budget for a tenant or a feature (a workflow): new runs are refused once it is spent;
+    or for an action (a tool): calls to it are denied once the model calls leading to it spent it."""
     from tether.models.budgets import remove_budget, set_budget
 
     if daily is None and monthly is None:

@@ -53,6 +53,8 @@ def replay(run_id: str, policy_file: str | None, workflow_ref: str | None, case_
         click.echo(f"  policy {report.policy_hash[:12]} (recorded {report.original_policy_hash[:12]}), "
                    f"code {report.workflow_version} (recorded {report.original_workflow_version})")  # fmt: skip
         click.echo(f"  status: recorded {report.original_status}, replayed {report.replay_status}")
+        if report.cost_ceiling_usd is not None:
+            click.echo(f"  cost ceiling: ${report.cost_ceiling_usd:.4f} (recorded with the run)")
         for d in report.diff:
             line = f"  {_MARK[d.kind]} step {d.step:>2}  "
             if d.kind == "same":

@@ -138,7 +138,7 @@ def show(run_id: str, show_trace: bool, db_url: str | None, as_json: bool) -> No
             click.echo(f"trace {spans[0]['trace_id']}, {len(spans)} spans")
         return
     head = {c: getattr(row, c) for c in ("id", "workflow", "workflow_version", "status", "outcome", "error", "steps",
-                                         "started_by", "tenant", "policy_hash", "cost_usd", "tokens", "created_at", "updated_at",
+                                         "started_by", "tenant", "policy_hash", "cost_usd", "cost_ceiling_usd", "tokens", "created_at", "updated_at",
                                          "input")}  # fmt: skip
     by_step: dict[int, float] = {}
     for e in events:

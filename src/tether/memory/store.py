@@ -1,10 +1,20 @@
-"""The embedded vector store and the observation log, both in tether's database.
+"""The vector store and the observation log, both in tether's database.
 
-Vectors are float32 blobs in `memory_items`; a search loads the tenant's
-namespace once into a numpy matrix (kept until the next add) and ranks by cosine
-similarity. sqlite-vec would do this inside SQLite, but this Python's sqlite3
-cannot load extensions, so the store does not depend on it. Searches are cached
-per (tenant, namespace, query, k) until the namespace changes.
+Two backends, one result (same ids, same order; ties go to the older item):
+- `pgvector`, on PostgreSQL when the `vector` extension could be created (migration
+  0009 makes the `memory_vectors` side table then): vectors live in a `vector`
+  column and the database ranks them with the cosine operator `<=>`, filtered to
+  the tenant's namespace, so nothing is loaded into the process;
+- `numpy` everywhere else (SQLite, the embedded default, or PostgreSQL without
+  pgvector): vectors are float32 blobs in `memory_items`; a search loads the
+  tenant's namespace once into a numpy matrix (kept until the next add) and ranks by
+  cosine similarity. sqlite-vec would do this inside SQLite, but this Python's
+  sqlite3 cannot load extensions, so the store does not depend on it.
+Both shortlist k+8 and re-score those in float64 (float32 sums differ between numpy
+and pgvector in the 7th digit, which would swap near-ties), so they agree.
+`VectorStore.backend` says which is in use. The blob is always written, so either
+backend can serve the same rows. Searches are cached per (tenant, namespace,
+query, k) until the namespace changes; hits and misses count in `cache_stats`.
 """
 
 from __future__ import annotations
@@ -16,8 +26,26 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tether.errors import TetherError
+from tether.record.cachestats import counter
 from tether.record.db import Database, timestamp
 from tether.record.tables import memory_items, observations
+
+BACKENDS = ("auto", "numpy", "pgvector")
+_SLACK = 8  # candidates past k that both backends re-score, so float noise cannot reorder near-ties
+
+
+def pgvector_ready(db: Database) -> bool:
+    """PostgreSQL with the pgvector side table (made by migration 0009 when the extension could be created)."""
+    if db.engine.dialect.name != "postgresql":
+        return False
+    with db.read() as conn:
+        return bool(conn.exec_driver_sql("SELECT to_regclass('memory_vectors') IS NOT NULL").scalar())
+
+
+def _vector_text(vec: Any) -> str:
+    # float32 -> Python float is exact, and pgvector parses it back to the same float32.
+    return "[" + ",".join(repr(x) for x in vec.tolist()) + "]"
 
 
 @dataclass(frozen=True)
@@ -29,11 +57,21 @@ class Hit:
 
 
 class VectorStore:
-    def __init__(self, db: Database, embedder: Any = None, *, cache_size: int = 2048) -> None:
+    def __init__(self, db: Database, embedder: Any = None, *, cache_size: int = 2048, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise TetherError(f"vector store backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if embedder is None:
             from tether.memory.embed import HashingEmbedder
 
             embedder = HashingEmbedder()
+        ready = pgvector_ready(db)
+        if backend == "pgvector" and not ready:
+            raise TetherError(f"no pgvector in {db.label}: it needs PostgreSQL with the vector extension (see README)")
+        # numpy on a pgvector database still works (the blobs are there); pgvector writes both.
+        self.backend = "pgvector" if ready and backend != "numpy" else "numpy"
+        self._pg_write = ready
+        self._counter = counter(db, "retrieval")
+        self._embed_counter = counter(db, "embedding")
         self.db = db
         self.embedder = embedder
         self._matrices: dict[tuple[str, str], tuple[Any, list[int]]] = {}
@@ -48,7 +86,7 @@ class VectorStore:
         metas = list(metas) if metas is not None else [{} for _ in texts]
         if len(metas) != len(texts):
             raise ValueError("one meta per text")
-        vectors = self.embedder.embed(list(texts))
+        vectors = self._embed(list(texts))
         now = timestamp()
         ids = []
         with self.db.transaction() as conn:
@@ -57,8 +95,19 @@ class VectorStore:
                     tenant=tenant, namespace=namespace, text=text, meta=meta, embedder=self.embedder.name,
                     vector=np.asarray(vec, dtype=np.float32).tobytes(), created_at=now))  # fmt: skip
                 ids.append(int(res.inserted_primary_key[0]))
+                if self._pg_write:
+                    conn.execute(sa.text("INSERT INTO memory_vectors (item_id, embedding) VALUES (:i, CAST(:v AS vector))"),
+                                 {"i": ids[-1], "v": _vector_text(np.asarray(vec, dtype=np.float32))})  # fmt: skip
         self._forget(tenant, namespace)
         return ids
+
+    def _embed(self, texts: list[str]) -> Any:
+        """The embedder's vectors; its cache's hits and misses go to the shared counts (when it keeps any)."""
+        before = (getattr(self.embedder, "hits", None), getattr(self.embedder, "misses", None))
+        out = self.embedder.embed(texts)
+        if isinstance(before[0], int) and isinstance(before[1], int):
+            self._embed_counter.add(self.embedder.hits - before[0], self.embedder.misses - before[1])
+        return out
 
     def _forget(self, tenant: str, namespace: str) -> None:
         self._matrices.pop((tenant, namespace), None)
@@ -80,33 +129,72 @@ class VectorStore:
 
     def search(self, tenant: str, namespace: str, query: str, k: int = 5) -> list[Hit]:
         """The k items of this tenant's namespace nearest to `query` (never another tenant's)."""
-        import numpy as np
-
         ckey = (tenant, namespace, query, k)
         if ckey in self._results:
             self.hits += 1
+            self._counter.hit()
             self._results.move_to_end(ckey)
             return self._results[ckey]
         self.misses += 1
-        m, ids = self._matrix(tenant, namespace)
-        if not ids:
-            return []
-        scores = m @ self.embedder.embed([query])[0]
-        top = np.argsort(-scores)[:k]
-        chosen = {ids[i]: float(scores[i]) for i in top}
-        with self.db.read() as conn:
-            rows = {r.id: r for r in conn.execute(sa.select(memory_items.c.id, memory_items.c.text, memory_items.c.meta)
-                                                  .where(memory_items.c.id.in_(list(chosen))))}  # fmt: skip
-        hits = [Hit(i, rows[i].text, dict(rows[i].meta), round(s, 6)) for i, s in chosen.items()]
+        self._counter.miss()
+        if self.backend == "pgvector":
+            hits = self._search_pg(tenant, namespace, query, k)
+        else:
+            hits = self._search_numpy(tenant, namespace, query, k)
         self._results[ckey] = hits
         if len(self._results) > self.cache_size:
             self._results.popitem(last=False)
         return hits
 
+    def _search_pg(self, tenant: str, namespace: str, query: str, k: int) -> list[Hit]:
+        qvec = self._embed([query])[0]
+        sql = sa.text(
+            "SELECT m.id FROM memory_items m JOIN memory_vectors v ON v.item_id = m.id"
+            " WHERE m.tenant = :tenant AND m.namespace = :ns AND m.embedder = :embedder"
+            " ORDER BY v.embedding <=> CAST(:q AS vector), m.id LIMIT :n"
+        )
+        params = {"q": _vector_text(qvec), "tenant": tenant, "ns": namespace, "embedder": self.embedder.name, "n": k + _SLACK}
+        with self.db.read() as conn:
+            return self._hits(conn, list(conn.execute(sql, params).scalars()), qvec, k)
+
+    def _search_numpy(self, tenant: str, namespace: str, query: str, k: int) -> list[Hit]:
+        import numpy as np
+
+        m, ids = self._matrix(tenant, namespace)
+        if not ids:
+            return []
+        qvec = self._embed([query])[0]
+        top = np.argsort(-(m @ qvec), kind="stable")[: k + _SLACK]
+        with self.db.read() as conn:
+            return self._hits(conn, [ids[i] for i in top], qvec, k, {ids[i]: m[i] for i in top})
+
+    @staticmethod
+    def _hits(conn: sa.Connection, candidates: list[int], qvec: Any, k: int, vectors: dict[int, Any] | None = None) -> list[Hit]:
+        """The k best of the shortlist, scored once more in float64 and ties to the older item.
+        float32 sums differ between numpy and pgvector in the 7th digit; this way both
+        backends give the same ids in the same order."""
+        import numpy as np
+
+        if not candidates:
+            return []
+        cols = [memory_items.c.id, memory_items.c.text, memory_items.c.meta]
+        rows = conn.execute(sa.select(*cols, *([] if vectors else [memory_items.c.vector]))
+                            .where(memory_items.c.id.in_(candidates))).all()  # fmt: skip
+        vectors = vectors or {r.id: np.frombuffer(r.vector, dtype=np.float32) for r in rows}
+        q64 = np.asarray(qvec, dtype=np.float64)
+        scored = sorted(((float(vectors[r.id].astype(np.float64) @ q64), r) for r in rows), key=lambda x: (-x[0], x[1].id))
+        return [Hit(r.id, r.text, _json(r.meta), round(s, 6)) for s, r in scored[:k]]
+
     @property
     def hit_rate(self) -> float:
         n = self.hits + self.misses
         return self.hits / n if n else 0.0
+
+
+def _json(value: Any) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(value)) if isinstance(value, str) else dict(value or {})
 
 
 class ObservationLog:

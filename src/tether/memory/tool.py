@@ -32,7 +32,7 @@ def retrieval_tool(store: VectorStore, namespace: str = "kb", name: str = "memor
         hits = store.search(ctx.tenant, namespace, args.query, args.k)
         out = {"hits": [{"id": h.id, "text": h.text, "meta": h.meta, "score": h.score} for h in hits]}
         if log is not None:
-            log.append(ctx.tenant, "retrieval", {"query": args.query, "hit_ids": [h.id for h in hits]}, run_id=ctx.run_id)
+            log.append(ctx.tenant, "retrieval", {"query": args.query, "hit_ids": [h.id for h in hits], "backend": store.backend}, run_id=ctx.run_id)
         return out
 
     return search

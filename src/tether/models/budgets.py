@@ -1,14 +1,25 @@
-"""Budgets per tenant and per feature (a workflow), daily and monthly, and spend reports.
+"""Budgets per tenant, per feature (a workflow) and per action (a tool), daily and
+monthly, and spend reports.
 
-A budget is checked when a run starts: once the period's spend reaches the
-limit, new runs in that scope are refused with an error that says which budget,
-how much was spent and when it resets. Runs already going are bounded by their
-own cost ceiling, not by the budget.
+A tenant or feature budget is checked when a run starts: once the period's spend
+reaches the limit, new runs in that scope are refused with an error that says which
+budget, how much was spent and when it resets. Runs already going are bounded by
+their own cost ceiling, not by the budget.
+
+An action budget bounds what is spent on the way to one tool. Spend attributed to
+an action is the model calls of the step that proposed it (each priced call is
+tagged with the first tool its step proposes after it: `model_calls.action`).
+Once it is spent, a proposed call to that tool is denied by the tool proxy, like
+a rate limit: the call and its denial, naming the budget, the spend, the limit
+and the reset, are in the journal and the ledger, and the run goes on, so the
+workflow can take another path (a human, a cheaper action). Ending the whole run
+would throw away work that other actions' budgets still allow.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +28,10 @@ from tether.errors import TetherError
 from tether.record.db import timestamp
 from tether.record.tables import budgets, model_calls, runs
 
-SCOPES = ("tenant", "feature")
+_TOOL_NAME = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")
+_COLUMNS = {"tenant": model_calls.c.tenant, "feature": model_calls.c.workflow, "action": model_calls.c.action}
+
+SCOPES = ("tenant", "feature", "action")
 PERIODS = ("daily", "monthly")
 
 
@@ -31,7 +45,9 @@ def set_budget(conn: sa.Connection, scope: str, name: str, period: str, limit_us
     if period not in PERIODS:
         raise TetherError(f"budget period must be one of {', '.join(PERIODS)}, got {period!r}")
     if not name:
-        raise TetherError("a budget needs the name of its tenant or feature")
+        raise TetherError("a budget needs the name of its tenant, feature or action")
+    if scope == "action" and not _TOOL_NAME.fullmatch(name):
+        raise TetherError(f"an action budget names a tool like 'payments.refund', got {name!r}")
     if not (limit_usd >= 0):
         raise TetherError(f"a budget limit must be >= 0 USD, got {limit_usd}")
     key = {"scope": scope, "name": name, "period": period}
@@ -62,7 +78,7 @@ def _window(period: str, today: dt.date | None) -> tuple[sa.ColumnElement[bool],
 
 def _spent(conn: sa.Connection, scope: str, name: str, period: str, today: dt.date | None) -> float:
     where, _ = _window(period, today)
-    col = model_calls.c.tenant if scope == "tenant" else model_calls.c.workflow
+    col = _COLUMNS[scope]
     return float(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(model_calls.c.cost_usd), 0.0)).where(where, col == name)).scalar() or 0.0)
 
 
@@ -79,6 +95,28 @@ def check(conn: sa.Connection, tenant: str, feature: str, today: dt.date | None 
                 f"{b.period} budget of {b.scope} {b.name!r} is spent (${spent:.4f} of ${b.limit_usd:.4f}); "
                 f"new runs are refused until {resets} UTC"
             )
+
+
+def refuse_action(conn: sa.Connection, tool: str, today: dt.date | None = None) -> str | None:
+    """Why a call to `tool` must be denied (an action budget of it is spent), or None."""
+    for b in conn.execute(sa.select(budgets).where(budgets.c.scope == "action", budgets.c.name == tool)).all():
+        spent = _spent(conn, b.scope, b.name, b.period, today)
+        if spent >= b.limit_usd:
+            _, resets = _window(b.period, today)
+            return (f"{b.period} budget of action {b.name!r} is spent (${spent:.4f} of ${b.limit_usd:.4f}); "
+                    f"calls to it are refused until {resets} UTC")  # fmt: skip
+    return None
+
+
+class ActionBudgets:
+    """What the tool proxy asks before a call: is an action budget of this tool spent?"""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def refuse(self, tool: str) -> str | None:
+        with self.db.read() as conn:
+            return refuse_action(conn, tool)
 
 
 def spend_report(conn: sa.Connection, *, since: str | None = None, tenant: str | None = None) -> dict[str, Any]:
@@ -119,4 +157,5 @@ def spend_report(conn: sa.Connection, *, since: str | None = None, tenant: str |
         "by_workflow": group(mc.workflow),
         "by_model": group(mc.model),
         "by_day": group(mc.day),
+        "by_action": group(mc.action),  # name None: model calls no proposed tool followed
     }

@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tether.models.base import Choice, DecisionRequest, ModelCall, Usage, current_context
+from tether.record.cachestats import counter
 from tether.record.canonical import digest
 from tether.record.db import Database
 from tether.record.tables import answer_cache
@@ -56,6 +57,7 @@ class AnswerCache:
         self.ttl_s = ttl_s
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
         self.stats = CacheStats()
+        self.counter = counter(db, "answer")  # the same hits and misses, summed over processes for `tether metrics`
 
     def get(self, tenant: str, key: str) -> dict[str, Any] | None:
         now = self._now().isoformat()
@@ -64,8 +66,10 @@ class AnswerCache:
                                .where(answer_cache.c.key == key, answer_cache.c.tenant == tenant)).first()  # fmt: skip
         if row is None or row.expires_at <= now:
             self.stats.misses += 1
+            self.counter.miss()
             return None
         self.stats.hits += 1
+        self.counter.hit()
         with self.db.transaction() as conn:
             conn.execute(answer_cache.update().where(answer_cache.c.key == key).values(hits=answer_cache.c.hits + 1))
         return dict(row.value)
@@ -133,6 +137,7 @@ class CachedModel:
             if args is None:  # this customer lacks a value the template needs: ask the model after all
                 self.cache.stats.hits -= 1
                 self.cache.stats.misses += 1
+                self.cache.counter.add(-1, 1)
             else:
                 return Choice(point=request.point, option=hit["option"], args=args, confidence=hit["confidence"],
                               model=self.name, usage=Usage(),

@@ -55,13 +55,19 @@ class RunMeter:
     spent: float = 0.0
     tokens: int = 0
 
+    last_estimate: float | None = None  # the worst case the last check allowed, recorded with the choice
+
     def check(self, model: Any, request: DecisionRequest) -> str | None:
         """Why the next call must not be made (it would pass the ceiling), or None."""
         if self.ceiling_usd is None:
             return None
         worst = sum(self.prices.cost(c.model, c.usage)[0] for c in estimate(model, request))
-        if self.spent + worst > self.ceiling_usd:
-            return (f"the next model call ({request.point!r}, up to ${worst:.6f}) would take the run past its cost ceiling "
+        self.last_estimate = worst
+        return self.over(request.point, worst)
+
+    def over(self, point: str, worst: float) -> str | None:
+        if self.ceiling_usd is not None and self.spent + worst > self.ceiling_usd:
+            return (f"the next model call ({point!r}, up to ${worst:.6f}) would take the run past its cost ceiling "
                     f"of ${self.ceiling_usd:.4f} (spent ${self.spent:.6f})")  # fmt: skip
         return None
 
@@ -76,7 +82,11 @@ class RunMeter:
                           "cost_usd": round(cost, 8), "price_version": version, "cached": c.cached})  # fmt: skip
         self.spent += total
         self.tokens += sum(c["input_tokens"] + c["output_tokens"] for c in calls)
-        return {"cost_usd": round(total, 8), "calls": calls}
+        out: dict[str, Any] = {"cost_usd": round(total, 8), "calls": calls}
+        if self.last_estimate is not None:  # so replay checks this call against the ceiling as it was checked
+            out["estimate_usd"] = round(self.last_estimate, 8)
+            self.last_estimate = None
+        return out
 
 
 def recorded_spend(events: Iterable[Any]) -> tuple[float, int]:

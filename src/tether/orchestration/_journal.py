@@ -92,7 +92,7 @@ class Journal:
         """Priced model calls behind one choice, for the spend reports and budgets."""
         now = timestamp()
         self._costs.extend({"run_id": self.run_id, "call_id": call_id, "step": self.step, "tenant": tenant,
-                            "workflow": workflow, "day": now[:10], "created_at": now, **c} for c in calls)  # fmt: skip
+                            "workflow": workflow, "day": now[:10], "created_at": now, "action": None, **c} for c in calls)  # fmt: skip
 
     def flush(self, extra: Callable[[Any], Any] | None = None, **run_values: Any) -> None:
         """Write what is buffered in one transaction; `extra` writes more in it (the run's spans)."""
@@ -123,6 +123,9 @@ class Journal:
         self, call: ToolCall, args: dict[str, Any] | None, error: str | None, schema: dict[str, Any] | None = None
     ) -> None:
         data = {"tool": call.tool, "args": args if args is not None else call.args, "proposer": call.proposer}
+        for c in self._costs:  # the step's model calls so far led to this action (action budgets)
+            if c["step"] == self.step and c["action"] is None:
+                c["action"] = call.tool
         if call.risk_context:
             data["risk_context"] = call.risk_context
         if call.provenance:  # source names and trust only, never values: safe for the ledger

@@ -19,6 +19,8 @@ from tether.errors import RunNotFound, TetherError
 from tether.guardrails.loading import Policy, policy_from_text
 from tether.guardrails.policy import Decision
 from tether.models.base import Choice, DecisionRequest
+from tether.models.meter import RunMeter
+from tether.models.prices import load_prices
 from tether.orchestration._journal import MemoryJournal
 from tether.orchestration.context import EndRun, RunContext, Suspend
 from tether.orchestration.runtime import drive
@@ -104,6 +106,7 @@ class ReplayReport:
     original_workflow_version: str
     error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    cost_ceiling_usd: float | None = None  # the ceiling the run ran under, applied again
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,9 +127,14 @@ class _Recording:
         stop = min((e.seq for e in events if e.kind in ("cancel", "compensating")), default=None)
         self.held: list[tuple[str, dict[str, Any]]] = []
         proposals: dict[str, tuple[str, str]] = {}
+        self.last_model = "unknown"
+        self.costs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)  # what each choice cost, as recorded
+        self.last_cost: dict[str, Any] = {}
         for e in events:
             if e.kind == "choice":
                 self.choices[(e.data["point"], e.data["request_digest"])].append(Choice.model_validate(e.data["choice"]))
+                self.costs[(e.data["point"], e.data["request_digest"])].append(e.data.get("cost") or {})
+                self.last_model = e.data["choice"]["model"]
             elif e.kind == "proposal" and e.call_id:
                 if e.call_id not in proposals:
                     self.novelty[e.data["tool"]].append(bool(e.data.get("risk_context", {}).get("novel")))
@@ -146,10 +154,24 @@ class _Recording:
             self.results[key].append(data)
         self.held = []
 
+    def estimate(self, request: DecisionRequest) -> list[Any]:
+        """A call the run never made, estimated as the meter estimates any model (priced as the
+        model of its last recorded choice), for the recorded ceiling."""
+        from tether.models.meter import estimate
+
+        last = self.last_model
+
+        class _Like:
+            name = last
+
+        return estimate(_Like(), request)
+
     def choose(self, request: DecisionRequest) -> Choice:
-        queue = self.choices.get((request.point, digest(request)))
+        key = (request.point, digest(request))
+        queue = self.choices.get(key)
         if not queue:
             raise ReplayGap(f"the code asks the model {request.point!r} with an input run {self.run_id} never sent it")
+        self.last_cost = self.costs[key].pop(0)
         return queue.pop(0)
 
     def execute(self, t: Tool, ctx: ToolContext[Any], args: Any) -> Outcome:
@@ -173,6 +195,28 @@ class _Recording:
         return Approval(d["approval_id"], d["approved"], d["by"] or "", None, decision)
 
 
+class _ReplayMeter(RunMeter):
+    """The run's recorded ceiling applied again. A call the run made is checked with the estimate
+    it was checked with then and charged what it cost then; the call it never made (the one its
+    ceiling stopped) is estimated afresh, as the meter estimates any model."""
+
+    def __init__(self, recording: _Recording, ceiling: float) -> None:
+        super().__init__(load_prices(), ceiling)
+        self._recording = recording
+
+    def check(self, model: Any, request: DecisionRequest) -> str | None:
+        queue = self._recording.costs.get((request.point, digest(request)))
+        if not queue:
+            return super().check(model, request)
+        worst = queue[0].get("estimate_usd")
+        return None if worst is None else self.over(request.point, worst)  # no estimate recorded: it passed then
+
+    def charge(self, choice: Choice) -> dict[str, Any]:
+        cost = self._recording.last_cost
+        self.spent += cost.get("cost_usd", 0.0)
+        return cost
+
+
 class _RecordedModel:
     name = "recording"
 
@@ -181,6 +225,9 @@ class _RecordedModel:
 
     def choose(self, request: DecisionRequest) -> Choice:
         return self._recording.choose(request)
+
+    def estimate(self, request: DecisionRequest) -> list[Any]:
+        return self._recording.estimate(request)
 
 
 def replay(
@@ -205,10 +252,12 @@ def replay(
     journal = MemoryJournal(db, run_id, [])
     proxy = ToolProxy(wf.tools, executor=recording.execute)
     model = _RecordedModel(recording)
+    # The ceiling the run ran under (recorded since 0009): a run that ended on it ends there again.
+    meter = _ReplayMeter(recording, row.cost_ceiling_usd) if row.cost_ceiling_usd is not None else None
     ctx = RunContext(
         run_id=run_id, workflow=wf, input=wf.parse_input(row.input), tenant=row.tenant, started_by=row.started_by,
         journal=journal, proxy=proxy, policy=pol, deps=None, model=lambda: model, approval_source=recording.approval,
-        history=recording.novel,
+        history=recording.novel, meter=meter,
     )  # fmt: skip
     ctx.finishable = {e.call_id for e in events if e.kind == "result" and e.call_id}
     stopped = error = None
@@ -250,7 +299,7 @@ def replay(
         run_id=run_id, workflow=wf.name, original_status=row.status, replay_status=status,
         same=first is None and stopped is None, first_divergence=first, diff=diff, stopped=stopped,
         policy_hash=pol.hash, original_policy_hash=row.policy_hash, workflow_version=wf.version,
-        original_workflow_version=row.workflow_version, error=error, counts=counts,
+        original_workflow_version=row.workflow_version, error=error, counts=counts, cost_ceiling_usd=row.cost_ceiling_usd,
     )  # fmt: skip
 
 

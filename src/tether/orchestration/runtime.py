@@ -124,7 +124,7 @@ class Runtime:
         parsed = workflow.parse_input(input)
         policy = policy or self.policy or workflow.policy()
         self._lint(workflow, policy)
-        self._ceiling(workflow)  # a bad $TETHER_COST_CEILING_USD fails here, before the run exists
+        ceiling = self._ceiling(workflow)  # a bad $TETHER_COST_CEILING_USD fails here, before the run exists
         if self.model is not None or workflow.model_factory is not None:
             self._model_for(workflow)  # so does a bad model configuration (unknown provider, missing key)
         started_by = principal(started_by or default_user())
@@ -147,7 +147,7 @@ class Runtime:
                 conn, id=run_id, workflow=workflow.name, workflow_ref=workflow.ref,
                 workflow_version=workflow.version, status=refused[0] if refused else RUNNING, input=plain_input,
                 started_by=started_by, tenant=tenant, policy_hash=policy.hash, driver=holder,
-                error=refused[1] if refused else None,
+                error=refused[1] if refused else None, cost_ceiling_usd=ceiling,
             )  # fmt: skip
             ledger.append(
                 conn, "run_refused" if refused else "run_started",
@@ -291,7 +291,7 @@ class Runtime:
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
             journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
             model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
-            meter=self._meter(workflow, recorded),
+            meter=self._meter(workflow, recorded, run_id),
         )  # fmt: skip
         approval_id = None
         if recorded:  # where the run stands, for endings that do not walk the states again
@@ -402,11 +402,16 @@ class Runtime:
             self._known.add((tenant, tool))
         return seen is None
 
-    def _meter(self, workflow: Workflow[Any, Any], recorded: list[store.Event]) -> RunMeter:
+    def _meter(self, workflow: Workflow[Any, Any], recorded: list[store.Event], run_id: str = "") -> RunMeter:
         if self.prices is None:
             self.prices = load_prices()
         spent, tokens = recorded_spend(recorded)  # a resumed run keeps what it already spent
-        return RunMeter(self.prices, self._ceiling(workflow), spent, tokens)
+        ceiling = self._ceiling(workflow)
+        if recorded:  # and the ceiling it started under, whoever resumes it (runs from before 0009 have none recorded)
+            with self.db.read() as conn:
+                kept = conn.execute(sa.select(runs_table.c.cost_ceiling_usd).where(runs_table.c.id == run_id)).scalar()
+            ceiling = kept if kept is not None else ceiling
+        return RunMeter(self.prices, ceiling, spent, tokens)
 
     def _ceiling(self, workflow: Workflow[Any, Any]) -> float | None:
         ceiling = self.cost_ceiling_usd if self.cost_ceiling_usd is not None else getattr(workflow, "cost_ceiling_usd", None)
@@ -434,7 +439,7 @@ class Runtime:
             from tether.tools.credentials import Credentials
 
             self._proxies[key] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets,
-                                           limiter=SharedRateLimiter(self.db))  # fmt: skip
+                                           limiter=SharedRateLimiter(self.db), budgets=budgets.ActionBudgets(self.db))  # fmt: skip
         return self._proxies[key]
 
     def _deps_for(self, workflow: Workflow[Any, Any]) -> Any:

@@ -35,6 +35,7 @@ class _FromDatabase:
             yield from self._runs(conn)
             yield from self._calls(conn)
             yield from self._approvals(conn)
+            yield from self._caches(conn)
         yield from self._evals()
 
     def _runs(self, conn: sa.Connection) -> Iterator[Metric]:
@@ -102,6 +103,28 @@ class _FromDatabase:
         for status, n in sorted(pending.items()):
             g.add_metric([status], n)
         yield g
+
+    def _caches(self, conn: sa.Connection) -> Iterator[Metric]:
+        from tether.record.cachestats import rates
+
+        found = rates(conn)
+        lookups = CounterMetricFamily("tether_cache_lookups", "Cache lookups by cache (answer, embedding, retrieval) and result, "
+                                      "over every process using this database", labels=["cache", "result"])  # fmt: skip
+        ratio = GaugeMetricFamily("tether_cache_hit_ratio", "Share of lookups each cache answered", labels=["cache"])
+        for cache, r in found.items():
+            lookups.add_metric([cache, "hit"], r["hits"])
+            lookups.add_metric([cache, "miss"], r["misses"])
+            ratio.add_metric([cache], r["hit_rate"])
+        yield lookups
+        yield ratio
+        from tether.memory.store import pgvector_ready
+
+        backend = GaugeMetricFamily("tether_vector_store_backend", "The vector store's backend on this database (1: in use)",
+                                    labels=["backend"])  # fmt: skip
+        pg = pgvector_ready(self.db)
+        backend.add_metric(["pgvector"], 1.0 if pg else 0.0)
+        backend.add_metric(["numpy"], 0.0 if pg else 1.0)
+        yield backend
 
     def _evals(self) -> Iterator[Metric]:
         g = GaugeMetricFamily("tether_eval_score", "Eval figures from result files", labels=["source", "metric"])

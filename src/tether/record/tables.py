@@ -54,6 +54,7 @@ runs = sa.Table(
     sa.Column("driver", sa.String(160)),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("updated_at", sa.String(32), nullable=False),
+    sa.Column("cost_ceiling_usd", sa.Float),  # the ceiling the run ran under (0010_economics); None: none
 )
 
 # The run's journal: every model choice, policy decision, approval and tool
@@ -254,9 +255,10 @@ model_calls = sa.Table(
     sa.Column("cached", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("day", sa.String(10), nullable=False, index=True),
     sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(200), index=True),  # the tool its step proposed (0010_economics), for action budgets
 )
 
-# Spending limits: scope tenant|feature (a workflow), period daily|monthly.
+# Spending limits: scope tenant|feature (a workflow)|action (a tool), period daily|monthly.
 budgets = sa.Table(
     "budgets",
     metadata,
@@ -319,4 +321,15 @@ workers = sa.Table(
     sa.Column("started_at", sa.String(32), nullable=False),
     sa.Column("heartbeat", sa.Float, nullable=False),  # Unix time of the last beat
     sa.Column("recovered_by", sa.String(100)),  # set when a live worker takes its runs over
+)
+
+# Hit and miss counts per cache (answer, embedding, retrieval) and day, summed over every
+# process that used the database (0010_economics), for `tether metrics`.
+cache_stats = sa.Table(
+    "cache_stats",
+    metadata,
+    sa.Column("cache", sa.String(32), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("hits", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("misses", sa.BigInteger, nullable=False, server_default="0"),
 )

@@ -57,12 +57,12 @@ def timeline(db: Database, run_id: str) -> dict[str, Any]:
     entries = [e.to_json() for e in Ledger(db).entries(run_id)]
     with db.read() as conn:
         calls = conn.execute(sa.select(model_calls).where(model_calls.c.run_id == run_id).order_by(model_calls.c.id)).all()
-    cost = {"usd": round(float(row.cost_usd or 0), 6), "input_tokens": sum(c.input_tokens for c in calls),
+    cost = {"usd": round(float(row.cost_usd or 0), 6), "ceiling_usd": row.cost_ceiling_usd, "input_tokens": sum(c.input_tokens for c in calls),
             "output_tokens": sum(c.output_tokens for c in calls), "model_calls": len(calls),
             "calls": [{"call_id": c.call_id, "step": c.step, "model": c.model, "usd": c.cost_usd,
                        "input_tokens": c.input_tokens, "output_tokens": c.output_tokens, "cached": c.cached} for c in calls]}  # fmt: skip
     return {
-        "run": {**run_json(row), "input": row.input, "policy_hash": row.policy_hash},
+        "run": {**run_json(row), "input": row.input, "policy_hash": row.policy_hash, "cost_ceiling_usd": row.cost_ceiling_usd},
         "events": [e.__dict__ for e in events],
         "approvals": reqs,
         "ledger": entries,

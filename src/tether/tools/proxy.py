@@ -96,12 +96,13 @@ class ToolProxy:
 
     def __init__(
         self, registry: ToolRegistry, *, max_workers: int = 8, executor: Executor | None = None, credentials: Any = None,
-        secrets: Any = None, limiter: Any = None,
+        secrets: Any = None, limiter: Any = None, budgets: Any = None,
     ) -> None:
         self.registry = registry
         self.credentials = credentials  # mints a transaction-scoped token for every authorised call
         self._limiter = limiter if limiter is not None else RateLimiter()  # SharedRateLimiter across processes
         self.secrets = secrets if secrets is not None else EnvSecrets()
+        self.budgets = budgets  # tether.models.budgets.ActionBudgets: a spent action budget denies the call
         self._pool = cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tether-tool")
         self._executor: Executor = executor or self._execute
         self._sleep: Callable[[float], None] = time.sleep  # tests replace the clock and the dice
@@ -159,6 +160,9 @@ class ToolProxy:
             recorder.decided(call, decision)
             if decision.action == "deny":
                 return self._finish(recorder, call, status="denied", error=decision.reason, decision=decision)
+            over = self.budgets.refuse(t.name) if self.budgets is not None else None
+            if over:  # before a human is asked to approve what could not be paid for
+                return self._finish(recorder, call, status="denied", error=over, decision=decision)
             if decision.action == "require_human_approval":
                 approval_id = recorder.approval_requested(call, decision)
                 return ToolResult(
@@ -175,6 +179,9 @@ class ToolProxy:
                 return self._finish(
                     recorder, call, status="rejected", error=why, decision=decision, approval_id=approval.id
                 )
+            over = self.budgets.refuse(t.name) if self.budgets is not None else None
+            if over:  # spent while the approval waited
+                return self._finish(recorder, call, status="denied", error=over, decision=decision, approval_id=approval.id)
 
         limits = getattr(policy, "limits", ())
         broken = self._limiter.take(limits, t.name, run.tenant, run.run_id) if limits else None
