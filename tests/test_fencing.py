@@ -173,3 +173,45 @@ def test_a_worker_stopped_with_runs_still_going_exits_and_they_are_taken_over(db
     with db.read() as conn:
         assert store.get_run(conn, run_id).steps == 60
     assert Ledger(db).verify().ok
+
+
+def test_a_run_that_kills_every_worker_that_drives_it_is_retired(db: Database, db_url: str, tmp_path: Path) -> None:
+    """A poison run (it kills its process each time) is dead-lettered by the engine after
+    $TETHER_MAX_RECOVERIES starts; a live worker then marks it `interrupted` with the reason."""
+    from tether.workflows.triage import systems
+
+    systems.Systems(db)
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "TETHER_MAX_RECOVERIES": "2"}
+    cmd = [sys.executable, "-m", "tether", "worker", "--db", db_url, "--heartbeat", "0.2", "--dead-after", "1"]
+    log = (tmp_path / "w.log").open("ab")
+    procs = [subprocess.Popen(cmd, env=env, stdout=log, stderr=log) for _ in range(2)]
+    started = 2
+    try:
+        sys.path.insert(0, str(TESTS))
+        from _poison_flow import poison
+
+        run_id = engine.enqueue(db, poison, {"ticket_id": "P1"}, started_by="ops")
+        deadline = time.monotonic() + 120
+        status = None
+        while time.monotonic() < deadline:
+            with db.read() as conn:
+                row = conn.execute(sa.select(runs_table.c.status, runs_table.c.error).where(runs_table.c.id == run_id)).first()
+            status = row.status if row else None
+            if status == "interrupted":
+                break
+            for i, p in enumerate(procs):
+                if p.poll() is not None:  # killed by the run: a new worker takes its place
+                    procs[i] = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+                    started += 1
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
+        log.close()
+    assert status == "interrupted", (tmp_path / "w.log").read_text()[-2000:]
+    assert "a poison run" in row.error and "runs resume RUN --stranded" in row.error
+    assert started >= 4  # two workers died driving it before the engine gave up on it
+    assert f"run {run_id} retired" in (tmp_path / "w.log").read_text()
+    assert Ledger(db).verify().ok

@@ -137,6 +137,25 @@ def _result(row: Any) -> RunResult:
 
 
 _registered = False
+POISONED = "MAX_RECOVERY_ATTEMPTS_EXCEEDED"  # the engine's status for a dead-lettered workflow
+
+
+def max_recoveries() -> int:
+    raw = os.environ.get("TETHER_MAX_RECOVERIES", "20")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise EngineError(f"TETHER_MAX_RECOVERIES must be a whole number of starts, got {raw!r}") from None
+    if n < 1:
+        raise EngineError(f"TETHER_MAX_RECOVERIES must be at least 1, got {n}")
+    return n
+
+
+def run_of(segment: str) -> str:
+    """The run an engine workflow drives: its id, or the run id in a resumption's `RUN:resume:x`."""
+    return segment.split(":resume:", 1)[0]
+
+
 _active = [0]  # engine steps driving a run in this process right now
 _active_lock = threading.Lock()
 
@@ -168,9 +187,9 @@ def _register() -> None:
             with _active_lock:
                 _active[0] -= 1
 
-    # A run whose every attempt kills its worker (say, out of memory) stops being retried after
-    # 20 recoveries; it stays `running` in tether, for `tether runs resume RUN --stranded`.
-    @DBOS.workflow(name=RUN_WORKFLOW, max_recovery_attempts=20)
+    # A run whose every attempt kills its worker (say, out of memory) is dead-lettered by the
+    # engine after this many starts; the workers then mark it `interrupted` (worker.py).
+    @DBOS.workflow(name=RUN_WORKFLOW, max_recovery_attempts=max_recoveries())
     # `options` came after the first release: runs queued before it carry five arguments.
     def run(
         run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str, options: dict[str, Any] | None = None
@@ -328,6 +347,13 @@ class Engine:
 
         pending = DBOS.list_workflows(status="PENDING", app_version=APP_VERSION, load_input=False, load_output=False)
         return {w.executor_id for w in pending if w.executor_id}
+
+    def poisoned(self) -> list[str]:
+        """Engine workflows dead-lettered after killing their worker on every start."""
+        from dbos import DBOS
+
+        return [w.workflow_id for w in DBOS.list_workflows(status=POISONED, app_version=APP_VERSION, load_input=False,
+                                                            load_output=False)]  # fmt: skip
 
     def recover(self, worker_id: str) -> int:
         """Make a dead worker's unfinished runs available to the live workers; returns how many."""

@@ -7,6 +7,11 @@ its row asks the engine to recover its runs, which go back on a queue for
 every live worker. A worker that finds itself declared dead (it was paused
 longer than `dead_after_s`) exits at once, as if killed: its runs are already
 being driven elsewhere.
+
+A run that kills its worker every time it is driven (a poison run: say, it runs
+the process out of memory) is dead-lettered by the engine after
+$TETHER_MAX_RECOVERIES starts (20); a live worker then marks it `interrupted`
+with the reason, so it neither looks driven for ever nor kills more workers.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from tether.errors import RunNotFound
+from tether.orchestration import engine as _engine
 from tether.orchestration.engine import Engine
+from tether.record import ledger
+from tether.record import runs as store
 from tether.record.db import Database, timestamp
 from tether.record.tables import workers
 
@@ -44,6 +53,7 @@ class Worker:
     poll_s: float = 0.1  # how often the queue is polled for runs when this worker has a free slot
     worker_id: str = field(default_factory=new_worker_id)
     taken_over: list[tuple[str, int]] = field(default_factory=list)  # (dead worker, runs recovered)
+    retired: set[str] = field(default_factory=set)  # poisoned engine workflows already dealt with
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.db, self.worker_id, self.concurrency, self.poll_s)
@@ -91,6 +101,27 @@ class Worker:
             log.warning("took over %d runs of dead worker %s", n, owner)
         with self.db.transaction() as conn:  # forget workers long gone
             conn.execute(workers.delete().where(workers.c.heartbeat < now - 10 * self.dead_after_s))
+        self.retire_poisoned()
+
+    def retire_poisoned(self) -> None:
+        """Mark `interrupted` the runs whose engine workflow was dead-lettered while it held them."""
+        for segment in self.engine.poisoned():
+            if segment in self.retired:
+                continue
+            run_id = _engine.run_of(segment)
+            with self.db.transaction() as conn:
+                try:
+                    row = store.get_run(conn, run_id)
+                except RunNotFound:  # killed before its start was written: nothing to mark
+                    row = None
+                if row is not None and row.status == "running" and store.driver_label(row.driver) == f"engine:{segment}":
+                    if store.claim_run(conn, run_id, "running", "interrupted", driver=None, from_driver=row.driver):
+                        why = (f"its worker died each of the {_engine.max_recoveries()} times it was driven (a poison run); "
+                               "workers no longer retry it. `tether runs resume RUN --stranded` re-drives it here")  # fmt: skip
+                        store.update_run(conn, run_id, error=why)
+                        ledger.append(conn, "run_interrupted", {"reason": why}, run_id=run_id)
+                        log.error("run %s retired: %s", run_id, why)
+            self.retired.add(segment)
 
     def _claim(self, owner: str, last: float | None) -> bool:
         # Claimed against the beat we read: a rival claimer or a revived worker changes it and we lose.

@@ -184,7 +184,8 @@ class ToolProxy:
                 return self._finish(recorder, call, status="denied", error=over, decision=decision, approval_id=approval.id)
 
         limits = getattr(policy, "limits", ())
-        broken = self._limiter.take(limits, t.name, run.tenant, run.run_id) if limits else None
+        # A call being finished drew from its limits when it first ran: it is not counted twice.
+        broken = self._limiter.take(limits, t.name, run.tenant, run.run_id) if limits and decided is None else None
         if broken:
             return self._finish(recorder, call, status="denied", error=f"rate limit {broken} reached; try later",
                                 decision=decision, approval_id=approval.id if approval else None)  # fmt: skip
