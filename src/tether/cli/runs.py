@@ -42,6 +42,7 @@ def report(r: Any, as_json: bool) -> None:
 
 def result_line(r: Any) -> str:
     extra = f" approval {r.approval_id}" if r.approval_id else ""
+    extra += f" until {r.wake_at}" if getattr(r, "wake_at", None) else ""
     why = f" ({r.error})" if r.error else ""
     return f"{r.run_id} {r.status} {r.outcome or ''} after {r.steps} steps{extra}{why}".replace("  ", " ")
 
@@ -174,6 +175,10 @@ def _describe(e: store.Event) -> str:
             return f"{d['approval_id']} {'approved' if d['approved'] else 'denied'} by {d['by']}"
         case "result":
             return f"{d['tool']} {d['status']}" + (f": {d['error']}" if d.get("error") else "")
+        case "timer":
+            return f"until {d['wake_at']}"
+        case "timer_fired":
+            return f"at {d['at']}"
         case "end":
             return f"{d['status']} {d.get('outcome') or ''} {d.get('error') or ''}".strip()
     return str(d)
@@ -203,7 +208,7 @@ def resume(run_id: str, stranded: bool, migrate: bool, queued: bool, db_url: str
         row = store.get_run(conn, run_id)
     if row.status in FINAL_STATUSES:
         raise TetherError(f"run {run_id} already ended ({row.status})")
-    if row.status != "waiting_approval" and not stranded:
+    if row.status not in ("waiting_approval", "waiting_timer") and not stranded:
         raise TetherError(f"run {run_id} is {row.status}; pass --stranded if the process driving it died")
     runtime = Runtime(db)
     try:
@@ -211,6 +216,37 @@ def resume(run_id: str, stranded: bool, migrate: bool, queued: bool, db_url: str
     finally:
         runtime.close()
     report(r, as_json)
+
+
+@runs.command()
+@click.option("--queue", "queued", is_flag=True, help="Queue their resumption for `tether worker` processes.")
+@db_option
+@json_option
+@one_line_errors
+def wake(queued: bool, db_url: str | None, as_json: bool) -> None:
+    """Resume the runs whose timers are due (for a scheduler; workers also do this at every beat)."""
+    db = open_db(db_url)
+    if queued:
+        from tether.orchestration import engine
+
+        client = engine.open_client(db)
+        try:
+            n = engine.Engine(db, "wake-cli").wake_timers(client)
+        finally:
+            client.destroy()
+        echo_json({"queued": n}) if as_json else click.echo(f"{n} runs queued")
+        return
+    runtime = Runtime(db)
+    try:
+        woken = runtime.wake_due()
+    finally:
+        runtime.close()
+    if as_json:
+        echo_json([r.__dict__ for r in woken])
+        return
+    for r in woken:
+        click.echo(result_line(r))
+    click.echo(f"{len(woken)} runs woken", err=True)
 
 
 @runs.command()

@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 from pydantic import BaseModel
 
-from tether.errors import NonDeterminismError
+from tether.errors import NonDeterminismError, WorkflowError
 from tether.guardrails import approvals
 from tether.guardrails.policy import Decision
 from tether.guardrails.provenance import Origin, Provenance, Trust
@@ -37,6 +37,18 @@ class Suspend(BaseException):
     def __init__(self, approval_id: str) -> None:
         super().__init__(approval_id)
         self.approval_id = approval_id
+
+
+class Sleep(Suspend):
+    """The run waits for a time; it holds no process and is resumed from the database when due."""
+
+    def __init__(self, wake_at: str) -> None:
+        super().__init__("")
+        self.wake_at = wake_at
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class EndRun(BaseException):
@@ -67,6 +79,8 @@ class RunContext(Generic[InputT, DepsT]):
         history: Callable[[str, str], bool] | None = None,
         deadline: float | None = None,  # time.monotonic() past which the run ends deadline_exceeded
         meter: Any = None,  # tether.models.meter.RunMeter: prices calls, enforces the run's cost ceiling
+        clock: Callable[[], dt.datetime] | None = utcnow,  # None: replay, where timers fire as recorded
+        timer_source: Callable[[], bool] | None = None,  # replay: did the recorded run's next timer fire?
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -88,6 +102,8 @@ class RunContext(Generic[InputT, DepsT]):
         self._reads: set[str] = set()  # keys of read-only calls since the last side effect
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
         self._deadline = deadline
+        self._clock = clock
+        self._timer_source = timer_source
         self.in_flight: list[str] = []  # calls compensate() found decided but never finished
         # Replay finishes only the calls the recorded run finished (it cannot call live systems).
         self.finishable: set[str] | None = None
@@ -309,6 +325,44 @@ class RunContext(Generic[InputT, DepsT]):
             self._check_nothing_skipped(call.call_id)
         call = call.model_copy(update={"risk_context": {**(risk or {}), "novel": self._novel(call.tool)}})
         return self._learn_result(t, origins, self._call_live(call, info))
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds` without holding a process: the run pauses as `waiting_timer` and is
+        resumed from the database once due (by any worker, or `tether runs wake`). Code after
+        it runs once the time has come; a run re-driven later passes it at once."""
+        if not (isinstance(seconds, int | float) and 0 <= seconds < 10 * 365 * 86400):
+            raise WorkflowError(f"sleep takes 0 to 10 years in seconds, got {seconds!r}")
+        self._timer(lambda now: now + dt.timedelta(seconds=seconds))
+
+    def wait_until(self, when: dt.datetime) -> None:
+        """Wait until `when` (timezone-aware) without holding a process; see `sleep`."""
+        if when.tzinfo is None:
+            raise WorkflowError("wait_until needs a timezone-aware datetime (say, with tzinfo=datetime.UTC)")
+        self._timer(lambda now: when)
+
+    def _timer(self, wake: Callable[[dt.datetime], dt.datetime]) -> None:
+        op = self._next_op()
+        recorded = self._journal.replayed(op)
+        if recorded:
+            if recorded[0].kind != "timer":
+                raise NonDeterminismError(f"op {op}: the run recorded {recorded[0].kind}, the code now waits on a timer")
+            if any(e.kind == "timer_fired" for e in recorded):
+                return
+            wake_at = recorded[0].data["wake_at"]
+        else:
+            self._check_nothing_skipped(op)
+            now = self._clock() if self._clock is not None else utcnow()
+            wake_at = wake(now).astimezone(dt.UTC).isoformat(timespec="microseconds")
+            self._journal.add("timer", op, {"wake_at": wake_at})
+        if self._clock is None:  # replay: the timer fires where the recorded run's did
+            fired, at = bool(self._timer_source and self._timer_source()), wake_at
+        else:
+            now = self._clock()
+            fired, at = now >= dt.datetime.fromisoformat(wake_at), now.isoformat(timespec="microseconds")
+        if fired:
+            self._journal.add("timer_fired", op, {"at": at})
+            return
+        raise Sleep(wake_at)
 
     def _check_nothing_skipped(self, op: str) -> None:
         """Before anything live: code that passed over a recorded choice or call is not the code

@@ -25,7 +25,16 @@ from typing import Any
 
 from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
 from tether.guardrails.loading import Policy, policy_from_text
-from tether.orchestration.runtime import FINAL_STATUSES, INTERRUPTED, RUNNING, WAITING, Runtime, RunResult, version_key
+from tether.orchestration.runtime import (
+    FINAL_STATUSES,
+    INTERRUPTED,
+    PAUSED,
+    RUNNING,
+    Runtime,
+    RunResult,
+    due_timers,
+    version_key,
+)
 from tether.orchestration.workflow import Workflow, load
 from tether.record import runs as store
 from tether.record.db import Database
@@ -246,19 +255,21 @@ def enqueue(
 
 
 def enqueue_resume(
-    db: Database, run_id: str, *, client: Any = None, stranded: bool = False, migrate: bool = False
-) -> str:
+    db: Database, run_id: str, *, client: Any = None, stranded: bool = False, migrate: bool = False,
+    segment: str | None = None,
+) -> str:  # fmt: skip
     """Queue the next segment of a paused run (after its approval was decided); returns the engine's id for it.
 
     `stranded`: the run is `running` or `interrupted` and the process that held it died (the
-    caller says so); `migrate`: re-run its journal on the code the workers run."""
+    caller says so); `migrate`: re-run its journal on the code the workers run. A `segment` id
+    already queued is not queued again (the engine keeps one workflow per id)."""
     with db.read() as conn:
         row = store.get_run(conn, run_id)
     if row.status in FINAL_STATUSES:
         raise WorkflowError(f"run {run_id} already ended ({row.status})")
-    if row.status != WAITING and not (stranded and row.status in (RUNNING, INTERRUPTED)):
+    if row.status not in PAUSED and not (stranded and row.status in (RUNNING, INTERRUPTED)):
         raise WorkflowError(f"run {run_id} is {row.status}; pass --stranded if the process driving it died")
-    segment = f"{run_id}:resume:{secrets.token_hex(4)}"
+    segment = segment or f"{run_id}:resume:{secrets.token_hex(4)}"
     own = client is None
     client = client or open_client(db)
     try:
@@ -283,7 +294,7 @@ def open_client(db: Database) -> Any:
 
 
 def wait(
-    db: Database, run_ids: list[str], timeout_s: float, *, poll_s: float = 0.1, until: tuple[str, ...] = (*FINAL_STATUSES, WAITING)
+    db: Database, run_ids: list[str], timeout_s: float, *, poll_s: float = 0.1, until: tuple[str, ...] = (*FINAL_STATUSES, *PAUSED)
 ) -> dict[str, str]:
     """Wait until every run has ended or waits for a person (or is in `until`); returns their statuses."""
     from tether.record.tables import runs
@@ -347,6 +358,20 @@ class Engine:
 
         pending = DBOS.list_workflows(status="PENDING", app_version=APP_VERSION, load_input=False, load_output=False)
         return {w.executor_id for w in pending if w.executor_id}
+
+    def wake_timers(self, client: Any) -> int:
+        """Queue the resumption of every run whose timer is due; returns how many were queued.
+        Each gets a segment id derived from its due time, so workers that see it at once queue it once."""
+        from tether.record.canonical import digest
+
+        n = 0
+        for run_id, _, wake_at in due_timers(self.db):
+            try:
+                enqueue_resume(self.db, run_id, client=client, segment=f"{run_id}:resume:timer-{digest(wake_at)[:12]}")
+                n += 1
+            except WorkflowError:  # resumed meanwhile by someone else
+                continue
+        return n
 
     def poisoned(self) -> list[str]:
         """Engine workflows dead-lettered after killing their worker on every start."""

@@ -22,7 +22,7 @@ from tether.models.base import Choice, DecisionRequest
 from tether.models.meter import RunMeter
 from tether.models.prices import load_prices
 from tether.orchestration._journal import MemoryJournal
-from tether.orchestration.context import EndRun, RunContext, Suspend
+from tether.orchestration.context import EndRun, RunContext, Sleep, Suspend
 from tether.orchestration.runtime import drive
 from tether.orchestration.workflow import Workflow, load
 from tether.record import runs as store
@@ -126,6 +126,8 @@ class _Recording:
         # came from finishing in-flight calls and from undoing: the states never saw them.
         stop = min((e.seq for e in events if e.kind in ("cancel", "compensating")), default=None)
         self.held: list[tuple[str, dict[str, Any]]] = []
+        fired = {e.call_id for e in events if e.kind == "timer_fired"}
+        self.timers = [e.call_id in fired for e in events if e.kind == "timer"]  # in order: did each fire?
         proposals: dict[str, tuple[str, str]] = {}
         self.last_model = "unknown"
         self.costs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)  # what each choice cost, as recorded
@@ -147,6 +149,9 @@ class _Recording:
                     self.held.append((proposals[e.call_id][0], e.data))
                 else:
                     self.results[proposals[e.call_id][0]].append(e.data)
+
+    def timer_fired(self) -> bool:
+        return self.timers.pop(0) if self.timers else False
 
     def stopping(self) -> None:
         """The replayed run is stopping too: the answers recorded while it stopped become available."""
@@ -257,7 +262,7 @@ def replay(
     ctx = RunContext(
         run_id=run_id, workflow=wf, input=wf.parse_input(row.input), tenant=row.tenant, started_by=row.started_by,
         journal=journal, proxy=proxy, policy=pol, deps=None, model=lambda: model, approval_source=recording.approval,
-        history=recording.novel, meter=meter,
+        history=recording.novel, meter=meter, clock=None, timer_source=recording.timer_fired,
     )  # fmt: skip
     ctx.finishable = {e.call_id for e in events if e.kind == "result" and e.call_id}
     stopped = error = None
@@ -278,6 +283,8 @@ def replay(
         if status in wf.compensate_on:
             recording.stopping()
             ctx.compensate()
+    except Sleep:
+        status = "waiting_timer"
     except Suspend:
         status = "waiting_approval"
     except ReplayGap as e:

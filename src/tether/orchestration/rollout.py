@@ -206,7 +206,7 @@ def kill(db: Database, workflow: str, *, by: str, reason: str) -> tuple[Rollout,
                 load(workflow)  # an unknown name fails here, with the registered ones listed
         r = _write(conn, current, workflow, by, killed=True, kill_reason=reason.strip()[:500])
         in_flight = conn.execute(sa.select(sa.func.count()).select_from(runs).where(
-            runs.c.workflow == workflow, runs.c.status.in_(("running", "waiting_approval", "interrupted")))).scalar() or 0  # fmt: skip
+            runs.c.workflow == workflow, runs.c.status.in_(("running", "waiting_approval", "waiting_timer", "interrupted")))).scalar() or 0  # fmt: skip
         ledger.append(conn, "workflow_killed", {"workflow": workflow, "reason": r.kill_reason, "in_flight": in_flight, "by": by})
     return r, in_flight
 

@@ -9,6 +9,7 @@ run never repeats a side effect.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import secrets
 import time
@@ -39,8 +40,8 @@ from tether.models.meter import RunMeter, env_ceiling, recorded_spend
 from tether.models.prices import load_prices
 from tether.orchestration import rollout
 from tether.orchestration._journal import Journal
-from tether.orchestration.context import EndRun, RunContext, Suspend
-from tether.orchestration.workflow import End, Workflow
+from tether.orchestration.context import EndRun, RunContext, Sleep, Suspend
+from tether.orchestration.workflow import End, Workflow, load
 from tether.record import ledger
 from tether.record import runs as store
 from tether.record.canonical import digest
@@ -53,6 +54,8 @@ from tether.tools.secrets import scrub
 
 # Statuses a run can have. The first three are not final.
 RUNNING, WAITING, INTERRUPTED = "running", "waiting_approval", "interrupted"
+WAITING_TIMER = "waiting_timer"  # paused by `run.sleep`/`run.wait_until` until runs.wake_at
+PAUSED = (WAITING, WAITING_TIMER)
 FAILED_STATUSES, FINAL_STATUSES, CANCELLED = store.FAILED_STATUSES, store.FINAL_STATUSES, store.CANCELLED
 
 
@@ -65,6 +68,7 @@ class RunResult:
     steps: int
     error: str | None = None
     approval_id: str | None = None  # set when status is waiting_approval
+    wake_at: str | None = None  # set when status is waiting_timer: when it is due (UTC, ISO 8601)
 
     @property
     def finished(self) -> bool:
@@ -185,7 +189,7 @@ class Runtime:
             source, text = store.policy_text(conn, row.policy_hash)
         if row.workflow != workflow.name:
             raise WorkflowError(f"run {run_id} belongs to workflow {row.workflow}, not {workflow.name}")
-        resumable = (WAITING, RUNNING, INTERRUPTED) if stranded else (WAITING,)
+        resumable = (*PAUSED, RUNNING, INTERRUPTED) if stranded else PAUSED
         if row.status not in resumable:
             return _result_from_row(row)
         if row.workflow_version != workflow.version and not migrate:
@@ -222,7 +226,7 @@ class Runtime:
             cancelled = any(e.kind == "cancel" for e in store.load_events(conn, run_id))
         if row.workflow != workflow.name:
             raise WorkflowError(f"run {run_id} belongs to workflow {row.workflow}, not {workflow.name}")
-        if row.status not in (WAITING, INTERRUPTED):
+        if row.status not in (*PAUSED, INTERRUPTED):
             raise WorkflowError(f"run {run_id} is {row.status}; only a run waiting for approval or interrupted can be cancelled")
         if cancelled:
             raise WorkflowError(f"run {run_id} is already cancelled; it waits for its compensations to be decided")
@@ -238,6 +242,22 @@ class Runtime:
         return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded,
                            trace_ids=(row.trace_id, row.root_span_id), active_s=row.active_s or 0.0,
                            cancel={"by": by, "reason": reason, "withdrawn_approvals": withdrawn}, driver=holder)  # fmt: skip
+
+    def wake_due(self, *, now: str | None = None, limit: int = 100) -> list[RunResult]:
+        """Resume runs whose timers are due (for a scheduler; workers do this at every beat).
+        A run another process resumes first is skipped; one that cannot be resumed here (its
+        code version is not deployed here) is reported with the reason and left waiting."""
+        out = []
+        for run_id, ref, _ in due_timers(self.db, now=now, limit=limit):
+            try:
+                out.append(self.resume(run_id, load(ref)))
+            except RunNotFound:
+                continue  # woken by someone else
+            except TetherError as e:
+                with self.db.read() as conn:
+                    row = store.get_run(conn, run_id)
+                out.append(RunResult(run_id, row.workflow, row.status, None, row.steps, f"not woken: {e}"))
+        return out
 
     def deps(self, workflow: Workflow[Any, Any]) -> Any:
         """The workflow's dependencies (its systems of record) as this runtime's runs see them."""
@@ -293,7 +313,7 @@ class Runtime:
             model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
             meter=self._meter(workflow, recorded, run_id),
         )  # fmt: skip
-        approval_id = None
+        approval_id = wake_at = None
         if recorded:  # where the run stands, for endings that do not walk the states again
             journal.step, journal.state = recorded[-1].step, recorded[-1].state
         if cancel is not None:
@@ -320,6 +340,8 @@ class Runtime:
                         root.set_status(StatusCode.ERROR, "migration refused")
                         root.end()
                         return self._refuse_migration(journal, workflow, run_id, revert, str(e), driver)
+                except Sleep as s:
+                    status, outcome, error, wake_at = WAITING_TIMER, None, None, s.wake_at
                 except Suspend as s:
                     status, outcome, error, approval_id = WAITING, None, None, s.approval_id
                 except EndRun as e:
@@ -360,7 +382,9 @@ class Runtime:
             error = scrub(error)
             root.set_status(StatusCode.ERROR, self.db.redactor.text(error)[:500])
         root.end()
-        if status != WAITING:
+        if status == WAITING_TIMER:
+            journal.flush(lambda conn: tracing.save(conn, run_id), status=WAITING_TIMER, wake_at=wake_at)
+        elif status != WAITING:
             journal.add("end", None, {"status": status, "outcome": outcome, "error": error})
             journal.add_ledger("run_finished", {"status": status, "outcome": outcome,
                                                 "error": self.db.redactor.text(error) if error else None, "steps": journal.step})  # fmt: skip
@@ -369,7 +393,7 @@ class Runtime:
             # Normally already written with the approval request; a resumed run
             # whose approval is still pending goes back to waiting here.
             journal.flush(lambda conn: tracing.save(conn, run_id), status=WAITING)
-        return RunResult(run_id, workflow.name, status, outcome, journal.step, error, approval_id)
+        return RunResult(run_id, workflow.name, status, outcome, journal.step, error, approval_id, wake_at)
 
     def _refuse_migration(
         self, journal: Journal, workflow: Workflow[Any, Any], run_id: str, revert: tuple[str, str], why: str,
@@ -461,6 +485,16 @@ class Runtime:
         return self._models[key]
 
 
+def due_timers(db: Database, *, now: str | None = None, limit: int = 100) -> list[tuple[str, str, str]]:
+    """(run id, workflow ref, wake_at) of runs waiting on a timer that is due, oldest first."""
+    now = now or dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    with db.read() as conn:
+        rows = conn.execute(sa.select(runs_table.c.id, runs_table.c.workflow_ref, runs_table.c.wake_at)
+                            .where(runs_table.c.status == WAITING_TIMER, runs_table.c.wake_at <= now)
+                            .order_by(runs_table.c.wake_at).limit(limit)).all()  # fmt: skip
+    return [(r.id, r.workflow_ref, r.wake_at) for r in rows]
+
+
 def version_key(workflow: Workflow[Any, Any]) -> str:
     return f"{workflow.name}@{workflow.version}"
 
@@ -499,4 +533,5 @@ def _undone_summary(undone: list[Any]) -> str:
 
 
 def _result_from_row(row: Any) -> RunResult:
-    return RunResult(row.id, row.workflow, row.status, row.outcome, row.steps, row.error)
+    return RunResult(row.id, row.workflow, row.status, row.outcome, row.steps, row.error,
+                     wake_at=row.wake_at if row.status == WAITING_TIMER else None)  # fmt: skip

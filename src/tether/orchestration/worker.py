@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -57,6 +58,7 @@ class Worker:
 
     def __post_init__(self) -> None:
         self.engine = Engine(self.db, self.worker_id, self.concurrency, self.poll_s)
+        self._client: Any = None  # queues the resumption of runs whose timers are due
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -74,6 +76,8 @@ class Worker:
                 self.take_over()
                 self.stopped.wait(self.heartbeat_s)
         finally:
+            if self._client is not None:
+                self._client.destroy()
             self.engine.shutdown(self.drain_s)
             with self.db.transaction() as conn:  # runs still unfinished are now a dead worker's: taken over
                 conn.execute(workers.delete().where(workers.c.id == self.worker_id, workers.c.recovered_by.is_(None)))
@@ -102,6 +106,9 @@ class Worker:
         with self.db.transaction() as conn:  # forget workers long gone
             conn.execute(workers.delete().where(workers.c.heartbeat < now - 10 * self.dead_after_s))
         self.retire_poisoned()
+        if self._client is None:
+            self._client = _engine.open_client(self.db)
+        self.engine.wake_timers(self._client)
 
     def retire_poisoned(self) -> None:
         """Mark `interrupted` the runs whose engine workflow was dead-lettered while it held them."""

@@ -52,6 +52,8 @@ runs = sa.Table(
     # Who may write the run now: `label#token`, set by whoever claims it (migration 0009).
     # Every journal write checks it, so a process that lost the run stops without writing.
     sa.Column("driver", sa.String(160)),
+    # A run waiting on a timer (status waiting_timer) is due at this UTC time (migration 0011).
+    sa.Column("wake_at", sa.String(32), index=True),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
     sa.Column("updated_at", sa.String(32), nullable=False),
     sa.Column("cost_ceiling_usd", sa.Float),  # the ceiling the run ran under (0010_economics); None: none

@@ -1,0 +1,128 @@
+"""Durable timers: a run waiting on a time holds no process and resumes from the database when due."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from _flows import POLICY, Job, World, add_note
+from click.testing import CliRunner
+from test_durability import hold, release
+
+from tether import Database, End, Ledger, RunContext, Runtime, Workflow
+from tether.cli import cli
+from tether.orchestration import engine
+from tether.orchestration.replay import replay
+from tether.orchestration.worker import Worker
+from tether.record.tables import run_events
+
+
+def _reminder(world: World, wait: Any) -> Workflow[Job, World]:
+    wf: Workflow[Job, World] = Workflow("reminder", input=Job, tools=[add_note, hold, release], policy=POLICY,
+                                        deps=lambda d: world)  # fmt: skip
+
+    @wf.state(initial=True, goes_to=["follow_up"])
+    def ask(run: RunContext[Job, World]) -> str:
+        run.call("notes.add", {"text": "asked the customer"})
+        run.call("stock.hold", {"what": "A"})
+        wait(run)
+        return "follow_up"
+
+    @wf.state(goes_to=[])
+    def follow_up(run: RunContext[Job, World]) -> End:
+        run.call("notes.add", {"text": "followed up"})
+        return End("completed", "followed_up")
+
+    return wf
+
+
+def test_a_sleeping_run_holds_no_process_and_is_woken_when_due(db: Database, db_url: str) -> None:
+    world = World()
+    wf = _reminder(world, lambda run: run.sleep(0.5))
+    rt = Runtime(db)
+    r = rt.start(wf, {})
+    assert r.status == "waiting_timer" and r.wake_at is not None
+    due = dt.datetime.fromisoformat(r.wake_at)
+    assert 0.3 < (due - dt.datetime.now(dt.UTC)).total_seconds() <= 0.5
+    assert world.effects == [("note", "asked the customer"), ("hold", "A")]
+
+    # Resumed before it is due (say, by hand): it goes back to waiting, repeating nothing.
+    early = rt.resume(r.run_id, wf)
+    assert (early.status, early.wake_at) == ("waiting_timer", r.wake_at)
+    assert Runtime(db).wake_due() == []  # nothing is due yet
+
+    time.sleep(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds()) + 0.05)
+    import _flows  # the CLI loads the workflow by its ref: give it this one
+
+    _flows.reminder = wf  # type: ignore[attr-defined]
+    with db.transaction() as conn:
+        conn.execute(sa.text("update runs set workflow_ref = '_flows:reminder' where id = :id"), {"id": r.run_id})
+    res = CliRunner().invoke(cli, ["runs", "wake", "--json", "--db", db_url])
+    assert res.exit_code == 0, res.stderr
+    [woken] = json.loads(res.output)
+    assert (woken["run_id"], woken["status"], woken["outcome"]) == (r.run_id, "completed", "followed_up")
+    assert world.effects == [("note", "asked the customer"), ("hold", "A"), ("note", "followed up")]
+    with db.read() as conn:
+        kinds = conn.execute(sa.select(run_events.c.kind).where(run_events.c.run_id == r.run_id)).scalars().all()
+    assert kinds.count("timer") == 1 and kinds.count("timer_fired") == 1
+    rep = replay(db, r.run_id, workflow=wf)
+    assert (rep.replay_status, rep.same) == ("completed", True)
+    assert Ledger(db).verify().ok
+
+
+def test_replay_of_a_waiting_run_and_cancelling_it(db: Database) -> None:
+    world = World()
+    deadline = dt.datetime(2099, 1, 1, tzinfo=dt.UTC)
+    wf = _reminder(world, lambda run: run.wait_until(deadline))
+    r = Runtime(db).start(wf, {})
+    assert (r.status, r.wake_at) == ("waiting_timer", "2099-01-01T00:00:00.000000+00:00")
+    rep = replay(db, r.run_id, workflow=wf)
+    assert (rep.replay_status, rep.same) == ("waiting_timer", True)
+    c = Runtime(db).cancel(r.run_id, wf, by="ops", reason="customer replied")
+    assert c.status == "cancelled" and "compensated 1 of 1 effects" in (c.error or "")
+    assert world.effects[-1] == ("release", "A")
+
+
+@pytest.mark.parametrize(("wait", "message"), [
+    (lambda run: run.sleep(-1), "sleep takes 0 to 10 years in seconds, got -1"),
+    (lambda run: run.wait_until(dt.datetime(2099, 1, 1)), "wait_until needs a timezone-aware datetime"),
+])  # fmt: skip
+def test_a_bad_timer_fails_the_run_with_the_reason(db: Database, wait: Any, message: str) -> None:
+    world = World()
+    r = Runtime(db).start(_reminder(world, wait), {})
+    assert r.status == "failed" and message in (r.error or "")
+
+
+def test_workers_wake_due_runs_once(db: Database) -> None:
+    """Every worker looks for due timers at every beat; the resumption of a due run gets an id
+    from its due time, so two workers (or a worker and `runs wake --queue`) queue it once."""
+    from _timer_flow import nap
+
+    r = Runtime(db).start(nap, {"seconds": 0.3})
+    assert r.status == "waiting_timer"
+    time.sleep(0.35)
+    client = engine.open_client(db)
+    try:
+        e = engine.Engine(db, "test")
+        assert e.wake_timers(client) == 1 and e.wake_timers(client) == 1  # seen twice...
+        segments = [w for w in client.list_workflows(load_input=False) if w.workflow_id.startswith(f"{r.run_id}:resume:timer-")]
+        assert len(segments) == 1  # ...queued once
+    finally:
+        client.destroy()
+    later = Runtime(db).start(nap, {"seconds": 0.5})  # due while the worker runs: its beat wakes it
+    w = Worker(db, concurrency=2, heartbeat_s=0.2, dead_after_s=1.0, drain_s=0)
+    t = threading.Thread(target=w.run)
+    t.start()
+    try:
+        got = engine.wait(db, [r.run_id, later.run_id], 60, until=("completed",))
+        assert got == {r.run_id: "completed", later.run_id: "completed"}
+    finally:
+        w.stop()
+        t.join()
+    assert Runtime(db).get(later.run_id).outcome == "rested"
+    assert Ledger(db).verify().ok
