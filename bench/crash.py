@@ -153,7 +153,7 @@ def crash_run(url: str, *, n: int, workers: int, kills: int, concurrency: int, p
     tickets = prepare(db, n, seed)
     t0 = time.perf_counter()
     run_ids = enqueue_all(db, tickets)
-    log = logdir / "workers.log"
+    log = logdir / f"workers-{db.url.get_backend_name()}.log"  # one per backend: counts must not mix
     procs = [start_worker(url, concurrency, pause_s, log) for _ in range(workers)]
     client = engine.open_client(db)
     done_kills, approved = 0, 0
@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             ok &= res["finished"] == res["runs"] and res["duplicate_side_effects"] == 0 and res["ledger_ok"]
             ok &= res["side_effects_seen"] == res["side_effects_expected"]
         if not ok:
-            print((Path(tmp) / "workers.log").read_text()[-3000:], file=sys.stderr)
+            for log in sorted(Path(tmp).glob("workers-*.log")):
+                print(log.read_text()[-3000:], file=sys.stderr)
     return 0 if ok else 1
 
 
