@@ -184,3 +184,46 @@ def test_a_customer_without_the_personal_fields_bypasses_the_cache(db: Database)
     assert not c.model_calls[0].cached and inner.calls == 2 and (m.cache.stats.hits, m.cache.stats.misses, m.cache.stats.stored) == (0, 1, 1)
     c = _ask(m, "acme", "status?", ticket_id="T-3")
     assert c.model_calls[0].cached and c.args == {"ticket_id": "T-3"}
+
+
+# -- embeddings from a provider, through the openai SDK, against a local server ------------------
+def _embedding_reply(vectors: list[list[float]], *, shuffled: bool = False) -> tuple[str, dict[str, Any]]:
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    if shuffled:
+        data.reverse()  # the API gives each vector's index; order must not be trusted
+    return ("ok", {"object": "list", "data": data, "model": "embed-small", "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+
+
+def test_provider_embeddings_through_the_openai_sdk(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    from _llm_servers import ScriptedServer
+
+    from tether.memory.embed import EmbeddingError, embedder_from_env
+
+    script = [
+        _embedding_reply([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0]], shuffled=True),  # the two documents
+        _embedding_reply([[0.0, 1.0, 0.1]]),  # the query, near the second
+        ("status", 500, {"error": {"message": "model overloaded", "type": "server_error"}}),
+    ]
+    with ScriptedServer(script, "/v1/embeddings") as server:
+        monkeypatch.setenv("TETHER_EMBEDDINGS", "compatible:embed-small")
+        monkeypatch.setenv("TETHER_EMBEDDINGS_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("TETHER_MODEL_RETRIES", "0")
+        store = VectorStore(db)  # the embedder named by the environment
+        assert store.embedder.name == "compatible:embed-small"
+        store.add("acme", "faq", ["how do I reset my card pin", "where is my refund"])
+        [hit, _] = store.search("acme", "faq", "refund status", k=2)
+        assert hit.text == "where is my refund" and hit.score > 0.99
+        assert [r["json"]["input"] for r in server.requests] == [["how do I reset my card pin", "where is my refund"],
+                                                                 ["refund status"]]  # fmt: skip
+        assert server.requests[0]["json"]["model"] == "embed-small"
+        store.embedder.embed(["where is my refund"])  # cached: no request
+        assert len(server.requests) == 2 and store.embedder.hits == 1
+        with pytest.raises(EmbeddingError, match=r"embeddings from compatible:embed-small failed: InternalServerError"):
+            store.embedder.embed(["something new"])
+    monkeypatch.setenv("TETHER_EMBEDDINGS", "bogus")
+    with pytest.raises(EmbeddingError, match="write offline, openai:MODEL or compatible:MODEL"):
+        embedder_from_env()
+    monkeypatch.setenv("TETHER_EMBEDDINGS", "compatible:x")
+    monkeypatch.delenv("TETHER_EMBEDDINGS_BASE_URL")
+    with pytest.raises(EmbeddingError, match="needs TETHER_EMBEDDINGS_BASE_URL"):
+        embedder_from_env()

@@ -60,10 +60,10 @@ class VectorStore:
     def __init__(self, db: Database, embedder: Any = None, *, cache_size: int = 2048, backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise TetherError(f"vector store backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if embedder is None:
-            from tether.memory.embed import HashingEmbedder
+        if embedder is None:  # $TETHER_EMBEDDINGS, else the offline hashing embedder
+            from tether.memory.embed import embedder_from_env
 
-            embedder = HashingEmbedder()
+            embedder = embedder_from_env()
         ready = pgvector_ready(db)
         if backend == "pgvector" and not ready:
             raise TetherError(f"no pgvector in {db.label}: it needs PostgreSQL with the vector extension (see README)")
