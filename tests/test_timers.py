@@ -81,6 +81,8 @@ def test_replay_of_a_waiting_run_and_cancelling_it(db: Database) -> None:
     wf = _reminder(world, lambda run: run.wait_until(deadline))
     r = Runtime(db).start(wf, {})
     assert (r.status, r.wake_at) == ("waiting_timer", "2099-01-01T00:00:00.000000+00:00")
+    shown = json.loads(CliRunner().invoke(cli, ["runs", "show", r.run_id, "--json", "--db", str(db.url)]).output)
+    assert (shown["status"], shown["wake_at"]) == ("waiting_timer", r.wake_at) and shown["driver"].startswith("proc:")
     rep = replay(db, r.run_id, workflow=wf)
     assert (rep.replay_status, rep.same) == ("waiting_timer", True)
     c = Runtime(db).cancel(r.run_id, wf, by="ops", reason="customer replied")

@@ -140,7 +140,7 @@ def show(run_id: str, show_trace: bool, db_url: str | None, as_json: bool) -> No
         return
     head = {c: getattr(row, c) for c in ("id", "workflow", "workflow_version", "status", "outcome", "error", "steps",
                                          "started_by", "tenant", "policy_hash", "cost_usd", "cost_ceiling_usd", "tokens", "created_at", "updated_at",
-                                         "input")}  # fmt: skip
+                                         "wake_at", "driver", "input")}  # fmt: skip
     by_step: dict[int, float] = {}
     for e in events:
         if e.kind == "choice" and "cost" in e.data:

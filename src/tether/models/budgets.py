@@ -51,11 +51,13 @@ def set_budget(conn: sa.Connection, scope: str, name: str, period: str, limit_us
     if not (limit_usd >= 0):
         raise TetherError(f"a budget limit must be >= 0 USD, got {limit_usd}")
     key = {"scope": scope, "name": name, "period": period}
+    _changed[0] += 1
     conn.execute(budgets.delete().filter_by(**key))
     conn.execute(budgets.insert().values(**key, limit_usd=float(limit_usd), created_at=timestamp()))
 
 
 def remove_budget(conn: sa.Connection, scope: str, name: str, period: str) -> bool:
+    _changed[0] += 1
     return conn.execute(budgets.delete().filter_by(scope=scope, name=name, period=period)).rowcount > 0
 
 
@@ -108,13 +110,34 @@ def refuse_action(conn: sa.Connection, tool: str, today: dt.date | None = None) 
     return None
 
 
-class ActionBudgets:
-    """What the tool proxy asks before a call: is an action budget of this tool spent?"""
+_changed = [0]  # budgets set or removed in this process: they apply at once here
 
-    def __init__(self, db: Any) -> None:
+
+class ActionBudgets:
+    """What the tool proxy asks before a call: is an action budget of this tool spent?
+
+    Which tools have an action budget is read at most once per `refresh_s` (1 s), so a
+    call to a tool without one costs no query; a budget set by another process applies
+    within that, one set in this process at once."""
+
+    def __init__(self, db: Any, refresh_s: float = 1.0) -> None:
         self.db = db
+        self.refresh_s = refresh_s
+        self._named: frozenset[str] = frozenset()
+        self._read_at = -float("inf")
+        self._seen = -1
 
     def refuse(self, tool: str) -> str | None:
+        import time
+
+        now = time.monotonic()
+        if now - self._read_at >= self.refresh_s or self._seen != _changed[0]:
+            self._seen = _changed[0]
+            with self.db.read() as conn:
+                self._named = frozenset(conn.execute(sa.select(budgets.c.name).where(budgets.c.scope == "action")).scalars())
+            self._read_at = now
+        if tool not in self._named:
+            return None
         with self.db.read() as conn:
             return refuse_action(conn, tool)
 

@@ -25,7 +25,7 @@ from tether.record.tables import (
 )
 
 RUN_COLUMNS = ("id", "workflow", "workflow_version", "workflow_ref", "status", "outcome", "steps", "started_by",
-               "tenant", "state", "error", "trace_id", "created_at", "updated_at")  # fmt: skip
+               "tenant", "state", "error", "trace_id", "created_at", "updated_at", "wake_at", "driver")  # fmt: skip
 
 
 def run_json(row: Any) -> dict[str, Any]:
