@@ -227,3 +227,17 @@ def test_provider_embeddings_through_the_openai_sdk(db: Database, monkeypatch: p
     monkeypatch.delenv("TETHER_EMBEDDINGS_BASE_URL")
     with pytest.raises(EmbeddingError, match="needs TETHER_EMBEDDINGS_BASE_URL"):
         embedder_from_env()
+
+
+def test_forgetting_a_tenant_also_forgets_it_in_a_live_vector_store(db: Database) -> None:
+    """`tether purge --forget-tenant T` deletes T's memory items, but a live process's
+    VectorStore keeps answering the same query from its result cache, texts included."""
+    from tether.memory.store import VectorStore
+    from tether.record.retention import Retention, purge
+
+    vs = VectorStore(db)
+    vs.add("acme", "kb", ["acme's customer Jane Roe lives at 1 Main St"])
+    assert vs.search("acme", "kb", "where does Jane live")
+    assert purge(db, Retention(forget_tenants=("acme",)))["memory_items"] == 1
+    assert VectorStore(db).search("acme", "kb", "where does Jane live") == []
+    assert vs.search("acme", "kb", "where does Jane live") == []

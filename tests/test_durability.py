@@ -421,3 +421,80 @@ def test_cancel_names_an_effect_it_could_not_finish(db: Database) -> None:
     c = Runtime(db).cancel(run_id, wf, by="ops")
     assert c.status == "cancelled" and "compensated 1 of 1 effects" in (c.error or ""), c.error
     assert "not undone, may have happened: stock.hold_then_die (1.2)" in (c.error or "")
+
+
+LIMITED = PolicySet.from_text(
+    """
+policies:
+  - name: b_needs_approval
+    if: {tool: "stock.hold_then_die"}
+    then: {action: "require_human_approval"}
+limits:
+  - {name: one_b, tool: "stock.hold_then_die", per: run, rate: 1/hour}
+""",
+    "limited.yaml",
+)
+
+
+def test_finishing_an_approved_in_flight_call_does_not_draw_its_rate_limit_again(db: Database) -> None:
+    """Same as test_cancel_finishes_an_effect_that_was_in_flight_then_undoes_it, but B needed an
+    approval and has a 1-per-run limit: B's first (approved) run drew the token; finishing it
+    under its own key on cancel must not draw again (commit 07a046a says it does not)."""
+    world = World()
+    wf: Workflow[Job, World] = Workflow("inflight_appr", input=Job, tools=[hold, hold_then_die, release, *_flow_tools()],
+                                        policy=LIMITED, deps=lambda d: world)  # fmt: skip
+
+    @wf.state(initial=True)
+    def go(run: RunContext[Job, World]) -> Any:
+        run.call("stock.hold", {"what": "A"})
+        run.call("stock.hold_then_die", {"what": "B"})
+        return End("completed", "ok")
+
+    r = Runtime(db).start(wf, {})
+    assert r.status == "waiting_approval"
+    ApprovalInbox(db).decide(r.approval_id or "", approve=True, by="lead")
+    with pytest.raises(KeyboardInterrupt):
+        Runtime(db).resume(r.run_id, wf)
+    assert world.effects == [("hold", "A"), ("hold", "B")]
+    c = Runtime(db).cancel(r.run_id, wf, by="ops")
+    assert "may have happened" not in (c.error or ""), c.error
+    assert world.effects == [("hold", "A"), ("hold", "B"), ("release", "B"), ("release", "A")]
+
+
+class _Mail(Args):
+    to: str
+
+
+@tool("mail.send", timeout_s=None)
+def _send_then_die(ctx: ToolContext[World], args: _Mail) -> dict[str, Any]:
+    """No compensation: an email cannot be unsent. The first time, the process dies before sending."""
+    world = ctx.deps
+    if not getattr(world, "died", False):
+        world.died = True  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+    return world.apply(ctx.idempotency_key, "mail", args.to)
+
+
+def test_cancel_does_not_perform_an_irreversible_call_that_never_ran(db: Database) -> None:
+    """The process died after mail.send was allowed but before it sent anything. Cancelling the
+    run (to stop it) must not send the mail now: mail.send has no compensation, so finishing it
+    cannot serve an undo; _finish_in_flight finishes every cleared call regardless."""
+    world = World()
+    wf: Workflow[Job, World] = Workflow("mailer", input=Job, tools=[hold, release, _send_then_die, *_flow_tools()],
+                                        policy=PolicySet.from_text("policies: []\n", "p.yaml"), deps=lambda d: world)  # fmt: skip
+
+    @wf.state(initial=True)
+    def go(run: RunContext[Job, World]) -> Any:
+        run.call("stock.hold", {"what": "A"})
+        run.call("mail.send", {"to": "customer@example.com"})
+        return End("completed", "ok")
+
+    with pytest.raises(KeyboardInterrupt):
+        Runtime(db).start(wf, {})
+    assert world.effects == [("hold", "A")]
+    with db.read() as conn:
+        [run_id] = conn.execute(sa.text("select id from runs")).scalars().all()
+    c = Runtime(db).cancel(run_id, wf, by="ops", reason="wrong customer")
+    assert c.status == "cancelled", c.error
+    assert ("mail", "customer@example.com") not in world.effects, world.effects
+    assert "not undone, may have happened: mail.send (1.2)" in (c.error or "")  # named, not made

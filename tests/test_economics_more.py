@@ -465,7 +465,7 @@ def test_the_economics_migration_matches_the_tables(db: Database) -> None:
 
 
 def test_migrating_to_pgvector_moves_existing_vectors(pgvector_url: str) -> None:
-    """A PostgreSQL database filled before 0009 gets its vectors into the pgvector table on upgrade."""
+    """A PostgreSQL database filled before 0010 gets its vectors into the pgvector table on upgrade."""
     import numpy as np
     from alembic import command
 
@@ -485,7 +485,7 @@ def test_migrating_to_pgvector_moves_existing_vectors(pgvector_url: str) -> None
             {"tenant": "acme", "namespace": "kb", "text": t, "meta": m, "embedder": emb.name, "created_at": "t",
              "vector": np.asarray(v, dtype=np.float32).tobytes()} for (t, m), v in zip(CORPUS, emb.embed(texts), strict=True)])  # fmt: skip
     engine.dispose()
-    db = Database(pgvector_url)  # migrates to 0009
+    db = Database(pgvector_url)  # migrates to the newest revision
     store = VectorStore(db)
     assert store.backend == "pgvector"
     with db.read() as conn:

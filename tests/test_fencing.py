@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from _flows import POLICY, Job, World
 from test_durability import Hold, hold, release
 
-from tether import Database, End, Ledger, RunContext, Runtime, Workflow
+from tether import ApprovalInbox, Database, End, Ledger, RunContext, Runtime, Workflow
 from tether.errors import RunTakenOver
 from tether.orchestration import engine
 from tether.record import runs as store
@@ -215,3 +215,22 @@ def test_a_run_that_kills_every_worker_that_drives_it_is_retired(db: Database, d
     assert started >= 4  # two workers died driving it before the engine gave up on it
     assert f"run {run_id} retired" in (tmp_path / "w.log").read_text()
     assert Ledger(db).verify().ok
+
+
+def test_a_resume_that_fails_after_its_claim_does_not_leave_the_run_running(db: Database, monkeypatch: Any) -> None:
+    """Runtime.resume claims the run (running, new driver) before _walk builds its meter; a bad
+    $TETHER_COST_CEILING_USD raises there, outside _walk's try, so the run is left `running`
+    under a driver that has gone: it looks driven for ever (workers skip a run another
+    label holds) until someone passes --stranded."""
+    from _flows import make_workflow
+
+    from tether.errors import TetherError
+
+    wf = make_workflow("refunds_ceiling")
+    r = Runtime(db).start(wf, {"amount_usd": 5000.0})
+    assert r.status == "waiting_approval"
+    ApprovalInbox(db).decide(r.approval_id or "", approve=True, by="lead")
+    monkeypatch.setenv("TETHER_COST_CEILING_USD", "lots")
+    with pytest.raises(TetherError):
+        Runtime(db).resume(r.run_id, wf)
+    assert Runtime(db).get(r.run_id).status == "waiting_approval"

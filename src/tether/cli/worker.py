@@ -34,6 +34,7 @@ def worker(concurrency: int, heartbeat_s: float, dead_after_s: float, poll_s: fl
 
     if dead_after_s <= heartbeat_s:
         raise TetherError(f"--dead-after ({dead_after_s}s) must be longer than --heartbeat ({heartbeat_s}s)")
+    engine.max_recoveries()  # a bad $TETHER_MAX_RECOVERIES fails here, before the worker is registered
     db = open_db(db_url, create=True)
     w = Worker(db, concurrency=concurrency, heartbeat_s=heartbeat_s, dead_after_s=dead_after_s, poll_s=poll_s,
                drain_s=drain_s)  # fmt: skip

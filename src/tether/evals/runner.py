@@ -59,6 +59,9 @@ def run_case(case: Case, wf: Workflow[Any, Any], template: Path, folder: Path, p
         r = runtime.start(wf, case.input, started_by=EVAL_USER)
         inbox = ApprovalInbox(db)
         for _ in range(_MAX_APPROVAL_ROUNDS):
+            if r.status == "waiting_timer":  # eval time is virtual: a timer is due at once
+                r = runtime.resume(r.run_id, wf, timer_due=r.wake_at)
+                continue
             if r.status != "waiting_approval" or case.approvals == "leave":
                 break
             if case.approvals == "workflow":  # the workflow's hooks answer (e.g. a simulated customer)

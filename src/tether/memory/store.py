@@ -2,7 +2,7 @@
 
 Two backends, one result (same ids, same order; ties go to the older item):
 - `pgvector`, on PostgreSQL when the `vector` extension could be created (migration
-  0009 makes the `memory_vectors` side table then): vectors live in a `vector`
+  0010 makes the `memory_vectors` side table then): vectors live in a `vector`
   column and the database ranks them with the cosine operator `<=>`, filtered to
   the tenant's namespace, so nothing is loaded into the process;
 - `numpy` everywhere else (SQLite, the embedded default, or PostgreSQL without
@@ -36,7 +36,7 @@ _SLACK = 8  # candidates past k that both backends re-score, so float noise cann
 
 
 def pgvector_ready(db: Database) -> bool:
-    """PostgreSQL with the pgvector side table (made by migration 0009 when the extension could be created)."""
+    """PostgreSQL with the pgvector side table (made by migration 0010 when the extension could be created)."""
     if db.engine.dialect.name != "postgresql":
         return False
     with db.read() as conn:
@@ -131,10 +131,13 @@ class VectorStore:
         """The k items of this tenant's namespace nearest to `query` (never another tenant's)."""
         ckey = (tenant, namespace, query, k)
         if ckey in self._results:
-            self.hits += 1
-            self._counter.hit()
-            self._results.move_to_end(ckey)
-            return self._results[ckey]
+            cached = self._results[ckey]
+            if self._alive([h.id for h in cached]):
+                self.hits += 1
+                self._counter.hit()
+                self._results.move_to_end(ckey)
+                return cached
+            self._forget(tenant, namespace)  # items deleted elsewhere (a purge): never answer from them
         self.misses += 1
         self._counter.miss()
         if self.backend == "pgvector":
@@ -160,13 +163,26 @@ class VectorStore:
     def _search_numpy(self, tenant: str, namespace: str, query: str, k: int) -> list[Hit]:
         import numpy as np
 
-        m, ids = self._matrix(tenant, namespace)
-        if not ids:
-            return []
         qvec = self._embed([query])[0]
-        top = np.argsort(-(m @ qvec), kind="stable")[: k + _SLACK]
+        for _ in range(2):
+            m, ids = self._matrix(tenant, namespace)
+            if not ids:
+                return []
+            top = np.argsort(-(m @ qvec), kind="stable")[: k + _SLACK]
+            shortlist = [ids[i] for i in top]
+            if self._alive(shortlist):
+                break
+            self._forget(tenant, namespace)  # the matrix holds items deleted elsewhere: load it again
         with self.db.read() as conn:
-            return self._hits(conn, [ids[i] for i in top], qvec, k, {ids[i]: m[i] for i in top})
+            return self._hits(conn, shortlist, qvec, k, {ids[i]: m[i] for i in top})
+
+    def _alive(self, item_ids: list[int]) -> bool:
+        """Whether every one of these items is still stored (a purge in another process deletes them)."""
+        if not item_ids:
+            return True
+        with self.db.read() as conn:
+            n = conn.execute(sa.select(sa.func.count()).select_from(memory_items).where(memory_items.c.id.in_(item_ids))).scalar()
+        return n == len(set(item_ids))
 
     @staticmethod
     def _hits(conn: sa.Connection, candidates: list[int], qvec: Any, k: int, vectors: dict[int, Any] | None = None) -> list[Hit]:

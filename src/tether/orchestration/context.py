@@ -81,6 +81,7 @@ class RunContext(Generic[InputT, DepsT]):
         meter: Any = None,  # tether.models.meter.RunMeter: prices calls, enforces the run's cost ceiling
         clock: Callable[[], dt.datetime] | None = utcnow,  # None: replay, where timers fire as recorded
         timer_source: Callable[[], bool] | None = None,  # replay: did the recorded run's next timer fire?
+        timer_due: str | None = None,  # a wake-up queued for this due time: that timer fires now
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -104,6 +105,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._deadline = deadline
         self._clock = clock
         self._timer_source = timer_source
+        self._timer_due = timer_due
         self.in_flight: list[str] = []  # calls compensate() found decided but never finished
         # Replay finishes only the calls the recorded run finished (it cannot call live systems).
         self.finishable: set[str] | None = None
@@ -358,7 +360,8 @@ class RunContext(Generic[InputT, DepsT]):
             fired, at = bool(self._timer_source and self._timer_source()), wake_at
         else:
             now = self._clock()
-            fired, at = now >= dt.datetime.fromisoformat(wake_at), now.isoformat(timespec="microseconds")
+            fired = now >= dt.datetime.fromisoformat(wake_at) or wake_at == self._timer_due
+            at = now.isoformat(timespec="microseconds")
         if fired:
             self._journal.add("timer_fired", op, {"at": at})
             return
@@ -407,7 +410,9 @@ class RunContext(Generic[InputT, DepsT]):
         return undone
 
     def _finish_in_flight(self) -> list[str]:
-        """Finish every cleared call that has no result; returns those still not ok, by name."""
+        """Finish every cleared call that has no result and can be undone; returns by name those
+        that may have happened and will not be undone. A call without a compensation is never
+        finished here: stopping a run must not make an effect it may never have made."""
         unsure: list[str] = []
         events = self._journal.call_events()
         finished = {e.call_id for e in events if e.kind == "result"}
@@ -428,16 +433,19 @@ class RunContext(Generic[InputT, DepsT]):
             elif d.action != "allow":
                 continue  # never cleared: nothing can have happened
             name = f"{proposal.data['tool']} ({call_id})"
-            if proposal.data["tool"] not in self.workflow.tools:
+            t = self.workflow.tools.get(proposal.data["tool"]) if proposal.data["tool"] in self.workflow.tools else None
+            if t is not None and not t.side_effect:
+                continue  # a read changed nothing
+            if t is None or t.compensate is None:
                 unsure.append(name)
                 continue
             p = proposal.data
             call = ToolCall(call_id=call_id, tool=p["tool"], args=dict(p["args"]), proposer=p["proposer"],
                             facts=dict(p.get("facts") or {}), risk_context=dict(p.get("risk_context") or {}))  # fmt: skip
             info = RunInfo(run_id=self.id, step=proposal.step, tenant=self.tenant)  # the key of the step it ran in
-            with self._tool_span(call) as span:
+            with self._tool_span(call) as span:  # as decided then: no new decision, limit draw or budget check
                 result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=info,
-                                          approval=approval, decided=None if approval else d)  # fmt: skip
+                                          approval=approval, decided=d)  # fmt: skip
                 self._end_tool_span(span, result)
             if not result.ok:
                 unsure.append(name)

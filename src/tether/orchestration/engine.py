@@ -30,6 +30,7 @@ from tether.orchestration.runtime import (
     INTERRUPTED,
     PAUSED,
     RUNNING,
+    WAITING_TIMER,
     Runtime,
     RunResult,
     due_timers,
@@ -46,6 +47,7 @@ RUN_WORKFLOW = "tether.run"
 # pins each run to its workflow's version in its own journal (and refuses resuming
 # across versions), so one fixed engine version lets every worker take over any run.
 APP_VERSION = "tether-runs-1"
+WAKE_ATTEMPTS = 3  # wake-ups of one due timer before it is left for a person
 
 
 class EngineError(TetherError):
@@ -126,7 +128,7 @@ def advance(
         try:
             # Conditional on the holder we saw: a rival that claimed it since wins, and we step aside.
             return _plain(rt.resume(run_id, wf, stranded=stranded, migrate=bool(options.get("migrate")), driver=driver,
-                                    from_driver=row.driver))  # fmt: skip
+                                    from_driver=row.driver, timer_due=options.get("timer_due")))  # fmt: skip
         except WorkflowError as e:
             if row.status == RUNNING:  # left as `running` it would look driven for ever: say why it is not
                 with rt.db.transaction() as conn:
@@ -256,7 +258,7 @@ def enqueue(
 
 def enqueue_resume(
     db: Database, run_id: str, *, client: Any = None, stranded: bool = False, migrate: bool = False,
-    segment: str | None = None,
+    segment: str | None = None, timer_due: str | None = None,
 ) -> str:  # fmt: skip
     """Queue the next segment of a paused run (after its approval was decided); returns the engine's id for it.
 
@@ -277,7 +279,7 @@ def enqueue_resume(
             {"queue_name": QUEUE, "workflow_name": RUN_WORKFLOW, "workflow_id": segment, "app_version": APP_VERSION,
              "application_name": APP},
             run_id, row.workflow_ref, row.input, row.started_by, row.tenant,
-            {"stranded": stranded, "migrate": migrate},
+            {"stranded": stranded, "migrate": migrate, **({"timer_due": timer_due} if timer_due else {})},
         )  # fmt: skip
     finally:
         if own:
@@ -360,18 +362,44 @@ class Engine:
         return {w.executor_id for w in pending if w.executor_id}
 
     def wake_timers(self, client: Any) -> int:
-        """Queue the resumption of every run whose timer is due; returns how many were queued.
-        Each gets a segment id derived from its due time, so workers that see it at once queue it once."""
+        """Queue the resumption of every run whose timer is due; returns how many were newly queued.
+
+        A wake-up's segment id comes from the run's due time (and its attempt), so workers that
+        see a due run at once queue it once. A wake-up that ended with the run still due (it
+        could not be driven: say, its code version is not deployed) is tried again under the
+        next attempt's id, up to WAKE_ATTEMPTS; then the run stops being woken (its wake_at is
+        cleared) and its error says why, so it neither blocks later timers nor loops."""
+        n, seen = 0, set()
+        while batch := due_timers(self.db, exclude=seen):
+            for run_id, _, wake_at in batch:
+                seen.add(run_id)
+                n += self._wake(client, run_id, wake_at)
+        return n
+
+    def _wake(self, client: Any, run_id: str, wake_at: str) -> int:
         from tether.record.canonical import digest
 
-        n = 0
-        for run_id, _, wake_at in due_timers(self.db):
-            try:
-                enqueue_resume(self.db, run_id, client=client, segment=f"{run_id}:resume:timer-{digest(wake_at)[:12]}")
-                n += 1
-            except WorkflowError:  # resumed meanwhile by someone else
-                continue
-        return n
+        base = f"{run_id}:resume:timer-{digest(wake_at)[:12]}"
+        ids = [base, *(f"{base}-{i}" for i in range(2, WAKE_ATTEMPTS + 1))]
+        got = {w.workflow_id: w for w in client.list_workflows(workflow_ids=ids, load_input=False)}
+        for segment in ids:
+            if segment not in got:
+                try:
+                    enqueue_resume(self.db, run_id, client=client, segment=segment, timer_due=wake_at)
+                except WorkflowError:  # resumed meanwhile by someone else
+                    return 0
+                return 1
+            if got[segment].status in ("ENQUEUED", "PENDING"):
+                return 0  # on its way
+        last = got[ids[-1]].output or {}
+        why = (f"not woken: its timer was due at {wake_at}, and {WAKE_ATTEMPTS} wake-ups did not resume it "
+               f"({last.get('error') or last.get('status') or got[ids[-1]].status}); `tether runs resume RUN` when fixed")  # fmt: skip
+        from tether.record.tables import runs
+
+        with self.db.transaction() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status == WAITING_TIMER, runs.c.wake_at == wake_at)
+                         .values(wake_at=None, error=why))  # fmt: skip
+        return 0
 
     def poisoned(self) -> list[str]:
         """Engine workflows dead-lettered after killing their worker on every start."""

@@ -257,7 +257,7 @@ def replay(
     journal = MemoryJournal(db, run_id, [])
     proxy = ToolProxy(wf.tools, executor=recording.execute)
     model = _RecordedModel(recording)
-    # The ceiling the run ran under (recorded since 0009): a run that ended on it ends there again.
+    # The ceiling the run ran under (recorded since 0010): a run that ended on it ends there again.
     meter = _ReplayMeter(recording, row.cost_ceiling_usd) if row.cost_ceiling_usd is not None else None
     ctx = RunContext(
         run_id=run_id, workflow=wf, input=wf.parse_input(row.input), tenant=row.tenant, started_by=row.started_by,

@@ -166,7 +166,7 @@ class Runtime:
 
     def resume(
         self, run_id: str, workflow: Workflow[Any, Any], *, stranded: bool = False, migrate: bool = False,
-        driver: str | None = None, from_driver: str | None | bool = False,
+        driver: str | None = None, from_driver: str | None | bool = False, timer_due: str | None = None,
     ) -> RunResult:  # fmt: skip
         """Continue a paused run (after its approval was decided). One resumer wins.
 
@@ -183,6 +183,8 @@ class Runtime:
         Resuming makes this process the run's only writer: a process still driving a
         run taken from it as stranded stops at its next write (RunTakenOver), writing
         nothing. `from_driver` makes the claim conditional on who held the run.
+        `timer_due` is the due time a wake-up was queued for: that timer fires whatever
+        this process's clock says (clocks of machines differ).
         """
         with self.db.read() as conn:
             row = store.get_run(conn, run_id)
@@ -202,7 +204,7 @@ class Runtime:
         # here leaves it waiting (and its decided approval usable) instead of stuck.
         policy = policy_from_text(text, source)
         parsed = workflow.parse_input(row.input)
-        self._deps_for(workflow)
+        self._preflight(workflow, row)
         holder = store.new_driver(driver)
         with self.db.transaction() as conn:
             if not store.claim_run(conn, run_id, row.status, RUNNING, driver=holder, from_driver=from_driver):
@@ -212,7 +214,7 @@ class Runtime:
         return self._drive(workflow, run_id, parsed, policy, row.tenant, row.started_by, recorded=recorded,
                            trace_ids=(row.trace_id, row.root_span_id),
                            revert=(row.status, migrating) if migrating else None, active_s=row.active_s or 0.0,
-                           driver=holder)  # fmt: skip
+                           driver=holder, timer_due=timer_due)  # fmt: skip
 
     def cancel(
         self, run_id: str, workflow: Workflow[Any, Any], *, by: str, reason: str | None = None, driver: str | None = None
@@ -232,7 +234,7 @@ class Runtime:
             raise WorkflowError(f"run {run_id} is already cancelled; it waits for its compensations to be decided")
         policy = policy_from_text(text, source)
         parsed = workflow.parse_input(row.input)
-        self._deps_for(workflow)
+        self._preflight(workflow, row)
         holder = store.new_driver(driver)
         with self.db.transaction() as conn:
             if not store.claim_run(conn, run_id, row.status, RUNNING, driver=holder):
@@ -247,17 +249,23 @@ class Runtime:
         """Resume runs whose timers are due (for a scheduler; workers do this at every beat).
         A run another process resumes first is skipped; one that cannot be resumed here (its
         code version is not deployed here) is reported with the reason and left waiting."""
-        out = []
-        for run_id, ref, _ in due_timers(self.db, now=now, limit=limit):
-            try:
-                out.append(self.resume(run_id, load(ref)))
-            except RunNotFound:
-                continue  # woken by someone else
-            except TetherError as e:
-                with self.db.read() as conn:
-                    row = store.get_run(conn, run_id)
-                out.append(RunResult(run_id, row.workflow, row.status, None, row.steps, f"not woken: {e}"))
+        out: list[RunResult] = []
+        seen: set[str] = set()
+        while batch := due_timers(self.db, now=now, limit=limit, exclude=seen):
+            for run_id, ref, _ in batch:
+                seen.add(run_id)
+                out.extend(self._wake_one(run_id, ref))
         return out
+
+    def _wake_one(self, run_id: str, ref: str) -> list[RunResult]:
+        try:
+            return [self.resume(run_id, load(ref))]
+        except RunNotFound:
+            return []  # woken by someone else
+        except TetherError as e:
+            with self.db.read() as conn:
+                row = store.get_run(conn, run_id)
+            return [RunResult(run_id, row.workflow, row.status, None, row.steps, f"not woken: {e}")]
 
     def deps(self, workflow: Workflow[Any, Any]) -> Any:
         """The workflow's dependencies (its systems of record) as this runtime's runs see them."""
@@ -279,6 +287,14 @@ class Runtime:
             return self._walk(workflow, run_id, *args, **kwargs)
         except store.Superseded as e:
             raise RunTakenOver(f"run {run_id} was taken over by another process; this one stopped without writing ({e})") from None
+        except Exception as e:
+            # Failed outside the walk's own handling (before its loop, or writing its end): a run
+            # still held by this driver must not stay `running` with nobody driving it.
+            with self.db.transaction() as conn:
+                if store.claim_run(conn, run_id, RUNNING, INTERRUPTED, driver=None, from_driver=kwargs.get("driver")):
+                    store.update_run(conn, run_id, error=f"interrupted: {type(e).__name__}: {str(e)[:300]}; "
+                                                         "`tether runs resume RUN --stranded` continues it")  # fmt: skip
+            raise
 
     def _walk(
         self,
@@ -294,6 +310,7 @@ class Runtime:
         active_s: float = 0.0,  # seconds the run already spent running in earlier segments
         cancel: dict[str, Any] | None = None,  # {by, reason}: stop the run and undo its effects
         driver: str | None = None,  # the driver id this process claimed the run under
+        timer_due: str | None = None,  # a timer due at this time fires now (see resume)
     ) -> RunResult:
         journal = Journal(self.db, run_id, recorded, driver=driver)
         began = time.monotonic()
@@ -311,7 +328,7 @@ class Runtime:
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
             journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
             model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
-            meter=self._meter(workflow, recorded, run_id),
+            meter=self._meter(workflow, recorded, run_id), timer_due=timer_due,
         )  # fmt: skip
         approval_id = wake_at = None
         if recorded:  # where the run stands, for endings that do not walk the states again
@@ -430,12 +447,22 @@ class Runtime:
         if self.prices is None:
             self.prices = load_prices()
         spent, tokens = recorded_spend(recorded)  # a resumed run keeps what it already spent
-        ceiling = self._ceiling(workflow)
-        if recorded:  # and the ceiling it started under, whoever resumes it (runs from before 0009 have none recorded)
+        kept = None
+        if recorded:  # and the ceiling it started under, whoever resumes it (runs from before 0010 have none recorded)
             with self.db.read() as conn:
                 kept = conn.execute(sa.select(runs_table.c.cost_ceiling_usd).where(runs_table.c.id == run_id)).scalar()
-            ceiling = kept if kept is not None else ceiling
-        return RunMeter(self.prices, ceiling, spent, tokens)
+        return RunMeter(self.prices, kept if kept is not None else self._ceiling(workflow), spent, tokens)
+
+    def _preflight(self, workflow: Workflow[Any, Any], row: Any) -> None:
+        """Build what driving the run needs before it is claimed: a failure here (a bad price
+        table or ceiling, a broken dependency) leaves the run as it was, not held by nobody."""
+        self._deps_for(workflow)
+        self._proxy(workflow)
+        self._tracing()
+        if self.prices is None:
+            self.prices = load_prices()
+        if row.cost_ceiling_usd is None:
+            self._ceiling(workflow)
 
     def _ceiling(self, workflow: Workflow[Any, Any]) -> float | None:
         ceiling = self.cost_ceiling_usd if self.cost_ceiling_usd is not None else getattr(workflow, "cost_ceiling_usd", None)
@@ -485,13 +512,18 @@ class Runtime:
         return self._models[key]
 
 
-def due_timers(db: Database, *, now: str | None = None, limit: int = 100) -> list[tuple[str, str, str]]:
-    """(run id, workflow ref, wake_at) of runs waiting on a timer that is due, oldest first."""
+def due_timers(
+    db: Database, *, now: str | None = None, limit: int = 100, exclude: set[str] | frozenset[str] = frozenset()
+) -> list[tuple[str, str, str]]:
+    """(run id, workflow ref, wake_at) of runs waiting on a timer that is due, oldest first,
+    leaving out `exclude` (those a caller has dealt with: it pages past runs it could not wake)."""
     now = now or dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+    q = (sa.select(runs_table.c.id, runs_table.c.workflow_ref, runs_table.c.wake_at)
+         .where(runs_table.c.status == WAITING_TIMER, runs_table.c.wake_at <= now))  # fmt: skip
+    if exclude:
+        q = q.where(runs_table.c.id.not_in(list(exclude)))
     with db.read() as conn:
-        rows = conn.execute(sa.select(runs_table.c.id, runs_table.c.workflow_ref, runs_table.c.wake_at)
-                            .where(runs_table.c.status == WAITING_TIMER, runs_table.c.wake_at <= now)
-                            .order_by(runs_table.c.wake_at).limit(limit)).all()  # fmt: skip
+        rows = conn.execute(q.order_by(runs_table.c.wake_at).limit(limit)).all()
     return [(r.id, r.workflow_ref, r.wake_at) for r in rows]
 
 

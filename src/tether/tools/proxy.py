@@ -134,9 +134,9 @@ class ToolProxy:
     ) -> ToolResult:
         """`call.risk_context` feeds the risk score: customer_tier, confidence, novel (bool).
 
-        `approval` executes a call a person decided; `decided` executes one the policy already
-        allowed and the journal recorded (finishing a call cut off before its result was
-        recorded): neither is proposed or decided again."""
+        `approval` executes a call a person decided; `decided` executes one already decided
+        (allowed, or approved with `approval` naming who) whose result was never recorded: it
+        is finished as it was cleared then, without a new decision, limit draw or budget check."""
         try:
             t, args = self.validate(call)
         except (UnknownTool, InvalidArguments) as e:
