@@ -376,19 +376,34 @@ def hold_then_die(ctx: ToolContext[World], args: Hold) -> dict[str, Any]:
     return out
 
 
-def test_cancel_finishes_an_effect_that_was_in_flight_then_undoes_it(db: Database) -> None:
-    """The process died while B ran (after the effect, before its record). Cancelling first
-    finishes B under its own key (the system of record answers what it did, no second hold),
-    then undoes B and A, newest first; replay reproduces it."""
-    world = World()
-    wf: Workflow[Job, World] = Workflow("inflight", input=Job, tools=[hold, hold_then_die, release, *_flow_tools()],
-                                        policy=POLICY, deps=lambda d: world)  # fmt: skip
+def _hold_two(world: World, name: str, policy: Any) -> Workflow[Job, World]:
+    """Holds A, then B; the process dies while B runs (after its effect, before its record)."""
+    wf: Workflow[Job, World] = Workflow(name, input=Job, tools=[hold, hold_then_die, release, *_flow_tools()],
+                                        policy=policy, deps=lambda d: world)  # fmt: skip
 
     @wf.state(initial=True)
     def go(run: RunContext[Job, World]) -> Any:
         run.call("stock.hold", {"what": "A"})
         run.call("stock.hold_then_die", {"what": "B"})
         return End("completed", "ok")
+
+    return wf
+
+
+def _interrupted_run(db: Database, wf: Workflow[Job, World]) -> str:
+    with pytest.raises(KeyboardInterrupt):
+        Runtime(db).start(wf, {})
+    with db.read() as conn:
+        [run_id] = conn.execute(sa.text("select id from runs")).scalars().all()
+    return str(run_id)
+
+
+def test_cancel_finishes_an_effect_that_was_in_flight_then_undoes_it(db: Database) -> None:
+    """The process died while B ran (after the effect, before its record). Cancelling first
+    finishes B under its own key (the system of record answers what it did, no second hold),
+    then undoes B and A, newest first; replay reproduces it."""
+    world = World()
+    wf = _hold_two(world, "inflight", POLICY)
 
     with pytest.raises(KeyboardInterrupt):
         Runtime(db).start(wf, {})
@@ -404,14 +419,7 @@ def test_cancel_finishes_an_effect_that_was_in_flight_then_undoes_it(db: Databas
 
 def test_cancel_names_an_effect_it_could_not_finish(db: Database) -> None:
     world = World()
-    wf: Workflow[Job, World] = Workflow("inflight2", input=Job, tools=[hold, hold_then_die, release, *_flow_tools()],
-                                        policy=POLICY, deps=lambda d: world)  # fmt: skip
-
-    @wf.state(initial=True)
-    def go(run: RunContext[Job, World]) -> Any:
-        run.call("stock.hold", {"what": "A"})
-        run.call("stock.hold_then_die", {"what": "B"})
-        return End("completed", "ok")
+    wf = _hold_two(world, "inflight2", POLICY)
 
     with pytest.raises(KeyboardInterrupt):
         Runtime(db).start(wf, {})
@@ -441,14 +449,7 @@ def test_finishing_an_approved_in_flight_call_does_not_draw_its_rate_limit_again
     approval and has a 1-per-run limit: B's first (approved) run drew the token; finishing it
     under its own key on cancel must not draw again (commit 07a046a says it does not)."""
     world = World()
-    wf: Workflow[Job, World] = Workflow("inflight_appr", input=Job, tools=[hold, hold_then_die, release, *_flow_tools()],
-                                        policy=LIMITED, deps=lambda d: world)  # fmt: skip
-
-    @wf.state(initial=True)
-    def go(run: RunContext[Job, World]) -> Any:
-        run.call("stock.hold", {"what": "A"})
-        run.call("stock.hold_then_die", {"what": "B"})
-        return End("completed", "ok")
+    wf = _hold_two(world, "inflight_appr", LIMITED)
 
     r = Runtime(db).start(wf, {})
     assert r.status == "waiting_approval"

@@ -25,21 +25,21 @@ from typing import Any
 from tether.errors import TetherError
 
 
-class HashingEmbedder:
-    def __init__(self, dim_bits: int = 12, cache_size: int = 10_000) -> None:
-        from sklearn.feature_extraction.text import HashingVectorizer
-        from sklearn.pipeline import make_union
+class _CachedEmbedder:
+    """Embeds each text once: later asks are answered from an LRU cache (hits and misses counted)."""
 
-        self.dim = 2**dim_bits
-        self.name = f"hashing-{self.dim}/1"
-        self._vec = make_union(
-            HashingVectorizer(n_features=self.dim, ngram_range=(1, 2), alternate_sign=False, norm=None),
-            HashingVectorizer(n_features=self.dim, analyzer="char_wb", ngram_range=(3, 4), alternate_sign=False, norm=None),
-        )
+    name: str
+    dim: int | None
+
+    def __init__(self, cache_size: int) -> None:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self.cache_size = cache_size
         self.hits = 0
         self.misses = 0
+
+    def _compute(self, texts: list[str]) -> list[Any]:
+        """One L2-normalised float32 row per text."""
+        raise NotImplementedError
 
     def embed(self, texts: Sequence[str]) -> Any:
         import numpy as np
@@ -55,16 +55,12 @@ class HashingEmbedder:
                 todo.append(i)
                 self.misses += 1
         if todo:
-            m = self._vec.transform([texts[i] for i in todo]).toarray().astype(np.float32)
-            m = m[:, : self.dim] + m[:, self.dim :]  # fold word and character features into one space
-            norms = np.linalg.norm(m, axis=1, keepdims=True)
-            m = m / np.where(norms == 0, 1, norms)
-            for row, i in zip(m, todo, strict=True):
+            for row, i in zip(self._compute([texts[i] for i in todo]), todo, strict=True):
                 out[i] = row
                 self._cache[texts[i]] = row
                 if len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
-        return np.vstack(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+        return np.vstack(out) if out else np.zeros((0, self.dim or 1), dtype=np.float32)
 
     @property
     def hit_rate(self) -> float:
@@ -72,47 +68,56 @@ class HashingEmbedder:
         return self.hits / n if n else 0.0
 
 
+def _normalised(m: Any) -> list[Any]:
+    import numpy as np
+
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return list(m / np.where(norms == 0, 1, norms))
+
+
+class HashingEmbedder(_CachedEmbedder):
+    def __init__(self, dim_bits: int = 12, cache_size: int = 10_000) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+        from sklearn.pipeline import make_union
+
+        super().__init__(cache_size)
+        self.dim = 2**dim_bits
+        self.name = f"hashing-{self.dim}/1"
+        self._vec = make_union(
+            HashingVectorizer(n_features=self.dim, ngram_range=(1, 2), alternate_sign=False, norm=None),
+            HashingVectorizer(n_features=self.dim, analyzer="char_wb", ngram_range=(3, 4), alternate_sign=False, norm=None),
+        )
+
+    def _compute(self, texts: list[str]) -> list[Any]:
+        import numpy as np
+
+        m = self._vec.transform(texts).toarray().astype(np.float32)
+        return _normalised(m[:, : self.dim] + m[:, self.dim :])  # fold word and character features into one space
+
+
 class EmbeddingError(TetherError):
     pass
 
 
-class ProviderEmbedder:
+class ProviderEmbedder(_CachedEmbedder):
     """Embeddings from an OpenAI-style `/embeddings` endpoint, rows L2-normalised, cached by text."""
 
     def __init__(self, model: str, *, api_key: str, base_url: str | None = None, name: str | None = None,
                  timeout_s: float = 30.0, max_retries: int = 2, cache_size: int = 10_000, batch: int = 256) -> None:  # fmt: skip
         from openai import OpenAI
 
+        super().__init__(cache_size)
         self.model = model
         self.name = name or f"openai:{model}"
         self._client = OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
-        self._cache: OrderedDict[str, Any] = OrderedDict()
-        self.cache_size, self.batch = cache_size, batch
-        self.dim: int | None = None
-        self.hits = 0
-        self.misses = 0
+        self.batch = batch
+        self.dim = None
 
-    def embed(self, texts: Sequence[str]) -> Any:
-        import numpy as np
-
-        out: list[Any] = [None] * len(texts)
-        todo = []
-        for i, t in enumerate(texts):
-            if t in self._cache:
-                self._cache.move_to_end(t)
-                out[i] = self._cache[t]
-                self.hits += 1
-            else:
-                todo.append(i)
-                self.misses += 1
-        for start in range(0, len(todo), self.batch):
-            chunk = todo[start : start + self.batch]
-            for i, row in zip(chunk, self._request([texts[i] for i in chunk]), strict=True):
-                out[i] = row
-                self._cache[texts[i]] = row
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        return np.vstack(out) if out else np.zeros((0, self.dim or 1), dtype=np.float32)
+    def _compute(self, texts: list[str]) -> list[Any]:
+        rows: list[Any] = []
+        for start in range(0, len(texts), self.batch):
+            rows.extend(self._request(texts[start : start + self.batch]))
+        return rows
 
     def _request(self, texts: list[str]) -> list[Any]:
         import numpy as np
@@ -129,8 +134,7 @@ class ProviderEmbedder:
         if m.ndim != 2 or (self.dim is not None and m.shape[1] != self.dim):
             raise EmbeddingError(f"embeddings from {self.name}: vectors of {m.shape[-1]} dimensions, expected {self.dim}")
         self.dim = int(m.shape[1])
-        norms = np.linalg.norm(m, axis=1, keepdims=True)
-        return list(m / np.where(norms == 0, 1, norms))
+        return _normalised(m)
 
 
 def embedder_from_env(env: Mapping[str, str] | None = None, *, secrets: Any = None) -> Any:
