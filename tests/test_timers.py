@@ -205,6 +205,9 @@ def test_runs_whose_timer_resumption_failed_do_not_block_every_later_timer(db: D
     for status, wake_at, error in rows:
         assert status == "waiting_timer" and wake_at is None  # kept, resumable by hand or --migrate
         assert error.startswith("not woken: its timer was due at") and "3 wake-ups did not resume it" in error
+    from tether.record.metrics import exposition
+
+    assert "tether_timers_not_woken 2.0" in exposition(db).decode()  # what an operator alerts on
 
 
 def test_evals_run_timers_on_virtual_time(tmp_path: Any) -> None:

@@ -45,6 +45,13 @@ class _FromDatabase:
         yield g
         ok, total = traceability(conn)
         yield GaugeMetricFamily("tether_runs_traceable_ratio", "Share of runs traceable end to end", value=ok / total if total else 0.0)
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+        timers = runs.c.status == "waiting_timer"
+        due = conn.execute(sa.select(sa.func.count()).where(timers, runs.c.wake_at <= now)).scalar() or 0
+        stuck = conn.execute(sa.select(sa.func.count()).where(timers, runs.c.wake_at.is_(None))).scalar() or 0
+        yield GaugeMetricFamily("tether_timers_due", "Runs whose timer is due and not yet resumed", value=due)
+        yield GaugeMetricFamily("tether_timers_not_woken", "Runs left waiting after their wake-ups failed (need a person)",
+                                value=stuck)  # fmt: skip
 
     def _calls(self, conn: sa.Connection) -> Iterator[Metric]:
         calls: dict[tuple[str, str], list[str]] = {}  # (run, call) -> [tool, decision, status]
