@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -241,3 +242,53 @@ def test_forgetting_a_tenant_also_forgets_it_in_a_live_vector_store(db: Database
     assert purge(db, Retention(forget_tenants=("acme",)))["memory_items"] == 1
     assert VectorStore(db).search("acme", "kb", "where does Jane live") == []
     assert vs.search("acme", "kb", "where does Jane live") == []
+
+
+def test_a_live_vector_store_never_answers_purged_text_when_sqlite_reuses_its_id(db: Database) -> None:
+    """A purged item's id is never handed out again (AUTOINCREMENT), so a live store's cached
+    ids cannot come to mean another item; its cached hit is dropped and the search redone."""
+    from tether.memory.store import VectorStore
+    from tether.record.retention import Retention, purge
+
+    vs = VectorStore(db)
+    vs.add("acme", "kb", ["acme's customer Jane Roe lives at 1 Main St"])
+    assert vs.search("acme", "kb", "where does Jane live")
+    assert purge(db, Retention(forget_tenants=("acme",)))["memory_items"] == 1
+    assert VectorStore(db).add("globex", "kb", ["globex note"]) == [2]  # another process; id 1 is not reused
+    assert vs.search("acme", "kb", "where does Jane live") == []
+
+
+def test_a_live_vector_store_never_returns_another_tenants_item(db: Database) -> None:
+    """A live store's stale matrix never leads it to another tenant's item: every check and
+    fetch by id is also filtered by tenant, namespace and embedder."""
+    from tether.memory.store import VectorStore
+    from tether.record.retention import Retention, purge
+
+    vs = VectorStore(db)
+    vs.add("acme", "kb", ["acme's customer Jane Roe lives at 1 Main St"])
+    vs.search("acme", "kb", "where does Jane live")  # loads acme's matrix
+    purge(db, Retention(forget_tenants=("acme",)))
+    VectorStore(db).add("globex", "kb", ["globex internal note"])
+    assert vs.search("acme", "kb", "globex") == []
+
+
+def test_provider_embeddings_keep_the_batches_already_paid_for() -> None:
+    """Each batch is cached as it comes back: a later batch failing loses none that were paid for."""
+    from tether.memory.embed import EmbeddingError, ProviderEmbedder
+
+    e = ProviderEmbedder("m", api_key="x", base_url="http://127.0.0.1:9/v1", batch=2)
+    sent: list[list[str]] = []
+
+    def request(texts: list[str]) -> list[Any]:
+        sent.append(list(texts))
+        if len(sent) == 2:
+            raise EmbeddingError("provider failed on the second batch")
+        e.dim = 3
+        return [np.ones(3, np.float32) / np.sqrt(3) for _ in texts]
+
+    e._compute = request  # type: ignore[method-assign]
+    try:
+        e.embed(["a", "b", "c", "d"])
+    except EmbeddingError:
+        pass
+    assert len(e._cache) == 2

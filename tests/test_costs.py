@@ -231,3 +231,39 @@ def test_chat_spans_carry_the_cost(db: Database) -> None:
         rows = conn.execute(sa.select(spans.c.name, spans.c.attributes).where(spans.c.run_id == r.run_id)).all()
     chats = [a for n, a in rows if n.startswith("chat ")]
     assert len(chats) == 3 and all(a["tether.cost.usd"] == pytest.approx(ONE_CALL) for a in chats)
+
+
+def test_an_action_budget_set_in_this_process_applies_at_once(db: Database) -> None:
+    """A budget set in this process applies at once, even when a check runs between the write
+    and its commit (the change counts when it commits)."""
+    from tether.models.budgets import ActionBudgets, set_budget
+
+    ab = ActionBudgets(db, refresh_s=3600)
+    assert ab.refuse("payments.refund") is None
+    with db.transaction() as conn:
+        set_budget(conn, "action", "payments.refund", "daily", 0.0)  # $0: spent at once
+        ab.refuse("payments.refund")  # another thread of this process asks meanwhile
+    assert ab.refuse("payments.refund") is not None
+
+
+def test_action_budget_checks_cost_no_query_for_tools_without_one(db: Database) -> None:
+    """The names of budgeted tools are read once per refresh: a call to another tool makes no
+    query, and a budget written by another process applies once the names are read again."""
+    import time
+
+    from tether.models.budgets import ActionBudgets
+    from tether.record.db import timestamp
+    from tether.record.tables import budgets
+
+    ab = ActionBudgets(db, refresh_s=0.2)
+    assert ab.refuse("notes.add") is None  # reads the (empty) names
+    queries: list[str] = []
+    sa.event.listen(db.engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    for _ in range(50):
+        assert ab.refuse("notes.add") is None
+    assert queries == []
+    with db.transaction() as conn:  # as another process would: no in-process notice
+        conn.execute(budgets.insert().values(scope="action", name="notes.add", period="daily", limit_usd=0.0,
+                                             created_at=timestamp()))  # fmt: skip
+    time.sleep(0.25)
+    assert "budget of action 'notes.add' is spent" in (ab.refuse("notes.add") or "")

@@ -404,11 +404,7 @@ def test_cancel_finishes_an_effect_that_was_in_flight_then_undoes_it(db: Databas
     then undoes B and A, newest first; replay reproduces it."""
     world = World()
     wf = _hold_two(world, "inflight", POLICY)
-
-    with pytest.raises(KeyboardInterrupt):
-        Runtime(db).start(wf, {})
-    with db.read() as conn:
-        [run_id] = conn.execute(sa.text("select id from runs")).scalars().all()
+    run_id = _interrupted_run(db, wf)
     c = Runtime(db).cancel(run_id, wf, by="ops")
     assert c.status == "cancelled" and "compensated 2 of 2 effects" in (c.error or ""), c.error
     assert "may have happened" not in (c.error or "")
@@ -420,11 +416,7 @@ def test_cancel_finishes_an_effect_that_was_in_flight_then_undoes_it(db: Databas
 def test_cancel_names_an_effect_it_could_not_finish(db: Database) -> None:
     world = World()
     wf = _hold_two(world, "inflight2", POLICY)
-
-    with pytest.raises(KeyboardInterrupt):
-        Runtime(db).start(wf, {})
-    with db.read() as conn:
-        [run_id] = conn.execute(sa.text("select id from runs")).scalars().all()
+    run_id = _interrupted_run(db, wf)
     world.down = True  # the system of record is unreachable when the run is cancelled
     c = Runtime(db).cancel(run_id, wf, by="ops")
     assert c.status == "cancelled" and "compensated 1 of 1 effects" in (c.error or ""), c.error

@@ -234,3 +234,37 @@ def test_a_resume_that_fails_after_its_claim_does_not_leave_the_run_running(db: 
     with pytest.raises(TetherError):
         Runtime(db).resume(r.run_id, wf)
     assert Runtime(db).get(r.run_id).status == "waiting_approval"
+
+
+def test_a_run_whose_last_write_fails_is_left_interrupted_not_running(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write that ends a run fails (the disk filled up, say): the run must not stay `running`
+    under a driver that is gone. It is marked interrupted with the first line of the reason, and
+    `runs resume --stranded` finishes it."""
+    from tether.orchestration._journal import Journal
+
+    world = World()
+    wf: Workflow[Job, World] = Workflow("ending", input=Job, tools=[hold, release], policy=POLICY, deps=lambda d: world)
+
+    @wf.state(initial=True)
+    def go(run: RunContext[Job, World]) -> Any:
+        run.call("stock.hold", {"what": "A"})
+        return End("completed", "held")
+
+    real = Journal.flush
+
+    def failing(self: Journal, extra: Any = None, **values: Any) -> None:
+        if values.get("status") == "completed":
+            raise OSError("disk full\nwhile writing the run's end")
+        real(self, extra, **values)
+
+    monkeypatch.setattr(Journal, "flush", failing)
+    with pytest.raises(OSError):
+        Runtime(db).start(wf, {}, run_id="run_end")
+    with db.read() as conn:
+        row = store.get_run(conn, "run_end")
+    assert row.status == "interrupted" and row.driver is None
+    assert row.error == "interrupted: OSError: disk full; `tether runs resume RUN --stranded` continues it"
+    monkeypatch.setattr(Journal, "flush", real)
+    done = Runtime(db).resume("run_end", wf, stranded=True)
+    assert (done.status, done.outcome) == ("completed", "held") and world.effects == [("hold", "A")]
+    assert Ledger(db).verify().ok

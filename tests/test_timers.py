@@ -165,17 +165,15 @@ def test_runs_whose_timer_resumption_failed_do_not_block_every_later_timer(db: D
     because their resumption could not drive them (here: paused under a version no worker runs
     any more, so `not_driven`; the same for the stranding of the test above) head that list for
     ever, and a newer run's due timer is never queued. limit=2 instead of 100 keeps it small."""
-    import functools
     import threading
     import time
 
     from _timer_flow import nap
 
     from tether.orchestration import engine
-    from tether.orchestration import runtime as rt_mod
     from tether.orchestration.worker import Worker
 
-    monkeypatch.setattr(engine, "due_timers", functools.partial(rt_mod.due_timers, limit=2))
+    monkeypatch.setattr(engine, "WAKE_PER_BEAT", 2)  # a small page, so the stuck runs fill it
     old = [Runtime(db).start(nap, {"seconds": 0.01}).run_id for _ in range(2)]
     with db.transaction() as conn:  # paused under a version this deploy no longer runs
         conn.execute(sa.text("update runs set workflow_version = 'v-old'"))
@@ -222,3 +220,14 @@ def test_evals_run_timers_on_virtual_time(tmp_path: Any) -> None:
     case = Case(id="nap-1", workflow="_timer_flow:nap", input={"seconds": 86400}, expected={"status": "completed"})
     result = run_case(case, nap, _template(nap, Path(tmp_path)), Path(tmp_path), None)
     assert (result.status, result.success) == ("completed", True), result  # not left waiting_timer for a day
+
+
+def test_wake_due_with_a_given_now_fires_the_timers_it_picked(db: Database) -> None:
+    """A run picked as due by `now` has that timer fire, whatever the clock says (a scheduler
+    that runs on its own clock; tests of workflows that wait for hours)."""
+    from _timer_flow import nap
+
+    r = Runtime(db).start(nap, {"seconds": 3600})
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat(timespec="microseconds")
+    [woken] = Runtime(db).wake_due(now=later)
+    assert woken.status == "completed", woken

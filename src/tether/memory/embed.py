@@ -30,6 +30,7 @@ class _CachedEmbedder:
 
     name: str
     dim: int | None
+    batch: int = 10_000  # texts computed (or sent to a provider) at once
 
     def __init__(self, cache_size: int) -> None:
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -54,8 +55,9 @@ class _CachedEmbedder:
             else:
                 todo.append(i)
                 self.misses += 1
-        if todo:
-            for row, i in zip(self._compute([texts[i] for i in todo]), todo, strict=True):
+        for start in range(0, len(todo), self.batch):  # cached batch by batch: a later failure loses none
+            chunk = todo[start : start + self.batch]
+            for row, i in zip(self._compute([texts[i] for i in chunk]), chunk, strict=True):
                 out[i] = row
                 self._cache[texts[i]] = row
                 if len(self._cache) > self.cache_size:
@@ -114,12 +116,6 @@ class ProviderEmbedder(_CachedEmbedder):
         self.dim = None
 
     def _compute(self, texts: list[str]) -> list[Any]:
-        rows: list[Any] = []
-        for start in range(0, len(texts), self.batch):
-            rows.extend(self._request(texts[start : start + self.batch]))
-        return rows
-
-    def _request(self, texts: list[str]) -> list[Any]:
         import numpy as np
         import openai
 

@@ -132,7 +132,7 @@ class VectorStore:
         ckey = (tenant, namespace, query, k)
         if ckey in self._results:
             cached = self._results[ckey]
-            if self._alive([h.id for h in cached]):
+            if self._alive(tenant, namespace, [h.id for h in cached]):
                 self.hits += 1
                 self._counter.hit()
                 self._results.move_to_end(ckey)
@@ -158,7 +158,7 @@ class VectorStore:
         )
         params = {"q": _vector_text(qvec), "tenant": tenant, "ns": namespace, "embedder": self.embedder.name, "n": k + _SLACK}
         with self.db.read() as conn:
-            return self._hits(conn, list(conn.execute(sql, params).scalars()), qvec, k)
+            return self._hits(conn, tenant, namespace, list(conn.execute(sql, params).scalars()), qvec, k)
 
     def _search_numpy(self, tenant: str, namespace: str, query: str, k: int) -> list[Hit]:
         import numpy as np
@@ -170,22 +170,28 @@ class VectorStore:
                 return []
             top = np.argsort(-(m @ qvec), kind="stable")[: k + _SLACK]
             shortlist = [ids[i] for i in top]
-            if self._alive(shortlist):
+            if self._alive(tenant, namespace, shortlist):
                 break
             self._forget(tenant, namespace)  # the matrix holds items deleted elsewhere: load it again
         with self.db.read() as conn:
-            return self._hits(conn, shortlist, qvec, k, {ids[i]: m[i] for i in top})
+            return self._hits(conn, tenant, namespace, shortlist, qvec, k, {ids[i]: m[i] for i in top})
 
-    def _alive(self, item_ids: list[int]) -> bool:
-        """Whether every one of these items is still stored (a purge in another process deletes them)."""
+    def _alive(self, tenant: str, namespace: str, item_ids: list[int]) -> bool:
+        """Whether every one of these items is still stored in this namespace (a purge in another
+        process deletes them; ids are never reused, migration 0012, so an id stays its item's)."""
         if not item_ids:
             return True
         with self.db.read() as conn:
-            n = conn.execute(sa.select(sa.func.count()).select_from(memory_items).where(memory_items.c.id.in_(item_ids))).scalar()
+            n = conn.execute(sa.select(sa.func.count()).select_from(memory_items).where(
+                memory_items.c.id.in_(item_ids), *self._scope(tenant, namespace))).scalar()  # fmt: skip
         return n == len(set(item_ids))
 
-    @staticmethod
-    def _hits(conn: sa.Connection, candidates: list[int], qvec: Any, k: int, vectors: dict[int, Any] | None = None) -> list[Hit]:
+    def _scope(self, tenant: str, namespace: str) -> list[Any]:
+        c = memory_items.c
+        return [c.tenant == tenant, c.namespace == namespace, c.embedder == self.embedder.name]
+
+    def _hits(self, conn: sa.Connection, tenant: str, namespace: str, candidates: list[int], qvec: Any, k: int,
+              vectors: dict[int, Any] | None = None) -> list[Hit]:  # fmt: skip
         """The k best of the shortlist, scored once more in float64 and ties to the older item.
         float32 sums differ between numpy and pgvector in the 7th digit; this way both
         backends give the same ids in the same order."""
@@ -195,7 +201,7 @@ class VectorStore:
             return []
         cols = [memory_items.c.id, memory_items.c.text, memory_items.c.meta]
         rows = conn.execute(sa.select(*cols, *([] if vectors else [memory_items.c.vector]))
-                            .where(memory_items.c.id.in_(candidates))).all()  # fmt: skip
+                            .where(memory_items.c.id.in_(candidates), *self._scope(tenant, namespace))).all()  # fmt: skip
         vectors = vectors or {r.id: np.frombuffer(r.vector, dtype=np.float32) for r in rows}
         q64 = np.asarray(qvec, dtype=np.float64)
         scored = sorted(((float(vectors[r.id].astype(np.float64) @ q64), r) for r in rows), key=lambda x: (-x[0], x[1].id))

@@ -51,13 +51,13 @@ def set_budget(conn: sa.Connection, scope: str, name: str, period: str, limit_us
     if not (limit_usd >= 0):
         raise TetherError(f"a budget limit must be >= 0 USD, got {limit_usd}")
     key = {"scope": scope, "name": name, "period": period}
-    _changed[0] += 1
+    _on_commit(conn)
     conn.execute(budgets.delete().filter_by(**key))
     conn.execute(budgets.insert().values(**key, limit_usd=float(limit_usd), created_at=timestamp()))
 
 
 def remove_budget(conn: sa.Connection, scope: str, name: str, period: str) -> bool:
-    _changed[0] += 1
+    _on_commit(conn)
     return conn.execute(budgets.delete().filter_by(scope=scope, name=name, period=period)).rowcount > 0
 
 
@@ -111,6 +111,12 @@ def refuse_action(conn: sa.Connection, tool: str, today: dt.date | None = None) 
 
 
 _changed = [0]  # budgets set or removed in this process: they apply at once here
+
+
+def _on_commit(conn: sa.Connection) -> None:
+    # Counted once the change is visible: a check between the write and its commit would
+    # otherwise read the old names and take the change as seen.
+    sa.event.listen(conn, "commit", lambda _c: _changed.__setitem__(0, _changed[0] + 1), once=True)
 
 
 class ActionBudgets:

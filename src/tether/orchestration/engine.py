@@ -48,6 +48,7 @@ RUN_WORKFLOW = "tether.run"
 # across versions), so one fixed engine version lets every worker take over any run.
 APP_VERSION = "tether-runs-1"
 WAKE_ATTEMPTS = 3  # wake-ups of one due timer before it is left for a person
+WAKE_PER_BEAT = 100  # due runs one worker looks at per heartbeat
 
 
 class EngineError(TetherError):
@@ -338,6 +339,7 @@ class Engine:
     worker_id: str
     concurrency: int = 4
     poll_s: float = 0.1  # a worker takes at most `concurrency` runs per poll of the queue
+    _wake_after: tuple[str, str] | None = None  # (wake_at, run id) the last wake-up scan stopped at
 
     def launch(self) -> None:
         global _db
@@ -368,12 +370,17 @@ class Engine:
         see a due run at once queue it once. A wake-up that ended with the run still due (it
         could not be driven: say, its code version is not deployed) is tried again under the
         next attempt's id, up to WAKE_ATTEMPTS; then the run stops being woken (its wake_at is
-        cleared) and its error says why, so it neither blocks later timers nor loops."""
-        n, seen = 0, set()
-        while batch := due_timers(self.db, exclude=seen):
-            for run_id, _, wake_at in batch:
-                seen.add(run_id)
-                n += self._wake(client, run_id, wake_at)
+        cleared) and its error says why, so it neither blocks later timers nor loops.
+
+        At most `WAKE_PER_BEAT` runs are looked at per call, from where the last call stopped,
+        so a worker with thousands of due runs still beats on time."""
+        n = 0
+        batch = due_timers(self.db, limit=WAKE_PER_BEAT, after=self._wake_after)
+        for run_id, _, wake_at in batch:
+            n += self._wake(client, run_id, wake_at)
+            self._wake_after = (wake_at, run_id)
+        if len(batch) < WAKE_PER_BEAT:
+            self._wake_after = None  # reached the end: the next call starts from the oldest again
         return n
 
     def _wake(self, client: Any, run_id: str, wake_at: str) -> int:
@@ -396,9 +403,14 @@ class Engine:
                f"({last.get('error') or last.get('status') or got[ids[-1]].status}); `tether runs resume RUN` when fixed")  # fmt: skip
         from tether.record.tables import runs
 
+        from tether.record import ledger
+        from tether.record.db import timestamp
+
         with self.db.transaction() as conn:
-            conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status == WAITING_TIMER, runs.c.wake_at == wake_at)
-                         .values(wake_at=None, error=why))  # fmt: skip
+            res = conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status == WAITING_TIMER, runs.c.wake_at == wake_at)
+                               .values(wake_at=None, error=why, updated_at=timestamp()))  # fmt: skip
+            if res.rowcount == 1:
+                ledger.append(conn, "timer_not_woken", {"wake_at": wake_at, "attempts": WAKE_ATTEMPTS}, run_id=run_id)
         return 0
 
     def poisoned(self) -> list[str]:

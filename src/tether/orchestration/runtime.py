@@ -246,20 +246,21 @@ class Runtime:
                            cancel={"by": by, "reason": reason, "withdrawn_approvals": withdrawn}, driver=holder)  # fmt: skip
 
     def wake_due(self, *, now: str | None = None, limit: int = 100) -> list[RunResult]:
-        """Resume runs whose timers are due (for a scheduler; workers do this at every beat).
-        A run another process resumes first is skipped; one that cannot be resumed here (its
-        code version is not deployed here) is reported with the reason and left waiting."""
+        """Resume up to `limit` runs whose timers are due (for a scheduler; workers do this at
+        every beat). A run another process resumes first is skipped; one that cannot be
+        resumed here (its code version is not deployed here) is reported with the reason,
+        left waiting, and paged past, so it never hides the runs due after it."""
         out: list[RunResult] = []
-        seen: set[str] = set()
-        while batch := due_timers(self.db, now=now, limit=limit, exclude=seen):
-            for run_id, ref, _ in batch:
-                seen.add(run_id)
-                out.extend(self._wake_one(run_id, ref))
+        after = None
+        while len(out) < limit and (batch := due_timers(self.db, now=now, limit=limit, after=after)):
+            for run_id, ref, wake_at in batch[: limit - len(out)]:
+                out.extend(self._wake_one(run_id, ref, wake_at))
+                after = (wake_at, run_id)
         return out
 
-    def _wake_one(self, run_id: str, ref: str) -> list[RunResult]:
-        try:
-            return [self.resume(run_id, load(ref))]
+    def _wake_one(self, run_id: str, ref: str, wake_at: str) -> list[RunResult]:
+        try:  # picked as due: that timer fires, whatever the clock says by the time it resumes
+            return [self.resume(run_id, load(ref), timer_due=wake_at)]
         except RunNotFound:
             return []  # woken by someone else
         except TetherError as e:
@@ -292,7 +293,8 @@ class Runtime:
             # still held by this driver must not stay `running` with nobody driving it.
             with self.db.transaction() as conn:
                 if store.claim_run(conn, run_id, RUNNING, INTERRUPTED, driver=None, from_driver=kwargs.get("driver")):
-                    store.update_run(conn, run_id, error=f"interrupted: {type(e).__name__}: {str(e)[:300]}; "
+                    first = (str(e).strip().splitlines() or [""])[0][:300]
+                    store.update_run(conn, run_id, error=f"interrupted: {type(e).__name__}: {first}; "
                                                          "`tether runs resume RUN --stranded` continues it")  # fmt: skip
             raise
 
@@ -513,17 +515,18 @@ class Runtime:
 
 
 def due_timers(
-    db: Database, *, now: str | None = None, limit: int = 100, exclude: set[str] | frozenset[str] = frozenset()
+    db: Database, *, now: str | None = None, limit: int = 100, after: tuple[str, str] | None = None
 ) -> list[tuple[str, str, str]]:
-    """(run id, workflow ref, wake_at) of runs waiting on a timer that is due, oldest first,
-    leaving out `exclude` (those a caller has dealt with: it pages past runs it could not wake)."""
+    """(run id, workflow ref, wake_at) of runs waiting on a timer that is due, oldest first (by
+    wake_at, then id); `after` = (wake_at, id) of the last one a caller saw, to page past runs
+    it could not wake."""
     now = now or dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-    q = (sa.select(runs_table.c.id, runs_table.c.workflow_ref, runs_table.c.wake_at)
-         .where(runs_table.c.status == WAITING_TIMER, runs_table.c.wake_at <= now))  # fmt: skip
-    if exclude:
-        q = q.where(runs_table.c.id.not_in(list(exclude)))
+    c = runs_table.c
+    q = sa.select(c.id, c.workflow_ref, c.wake_at).where(c.status == WAITING_TIMER, c.wake_at <= now)
+    if after is not None:
+        q = q.where(sa.or_(c.wake_at > after[0], sa.and_(c.wake_at == after[0], c.id > after[1])))
     with db.read() as conn:
-        rows = conn.execute(q.order_by(runs_table.c.wake_at).limit(limit)).all()
+        rows = conn.execute(q.order_by(c.wake_at, c.id).limit(limit)).all()
     return [(r.id, r.workflow_ref, r.wake_at) for r in rows]
 
 

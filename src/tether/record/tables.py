@@ -298,6 +298,7 @@ memory_items = sa.Table(
     sa.Column("embedder", sa.String(100), nullable=False),
     sa.Column("vector", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
+    sqlite_autoincrement=True,  # an id is never reused after a purge: caches may hold ids (0012)
 )
 
 # What the agent saw, append-only (nothing updates or deletes rows here but retention).
