@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _flows import POLICY, Job, World
 from click.testing import CliRunner
 
-from _flows import POLICY, Job, World
 from tether import Choice, DecisionRequest, End, Runtime, Usage, Workflow
 from tether.cli import cli
 from tether.memory.embed import HashingEmbedder

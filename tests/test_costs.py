@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from _flows import POLICY, TOOLS, Job, World
 from click.testing import CliRunner
 
-from _flows import POLICY, TOOLS, Job, World
 from tether import Choice, DecisionRequest, End, Runtime, Usage, Workflow
 from tether.cli import cli
 from tether.models.budgets import BudgetExceeded, set_budget

@@ -9,7 +9,18 @@ import pytest
 import sqlalchemy as sa
 from _flows import POLICY, Empty, Job, Note, World
 
-from tether import ApprovalInbox, Args, Database, End, Ledger, PolicySet, RunContext, Runtime, Workflow, tool
+from tether import (
+    ApprovalInbox,
+    Args,
+    Database,
+    End,
+    Ledger,
+    PolicySet,
+    RunContext,
+    Runtime,
+    Workflow,
+    tool,
+)
 from tether.errors import Retryable, ToolError, WorkflowError
 from tether.orchestration.replay import replay
 from tether.record import runs as store

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from _flows import POLICY, Job, World
 from click.testing import CliRunner
 
-from _flows import POLICY, Job, World
 from tether import End, Runtime, Workflow
 from tether.cli import cli
 from tether.errors import TetherError
@@ -204,7 +204,13 @@ def _seed_retention(db: Database) -> None:
 
 def test_purge_covers_observations_expired_answers_and_forgotten_tenants(db: Database, db_url: str) -> None:
     from tether.record.ledger import Ledger
-    from tether.record.tables import answer_cache, memory_items, model_calls, observations, runs
+    from tether.record.tables import (
+        answer_cache,
+        memory_items,
+        model_calls,
+        observations,
+        runs,
+    )
 
     wf = _budget_flow()
     Runtime(db, model=lambda: _Priced()).start(wf, {}, tenant="gone")  # a run, its spend and ledger entries
@@ -323,11 +329,11 @@ def test_an_action_budget_denies_calls_to_its_tool_once_spent(db_url: str) -> No
 
 
 def test_a_spent_action_budget_asks_no_human_and_holds_after_an_approval(db: Database) -> None:
+    from _flows import TOOLS
+
     from tether import ApprovalInbox
     from tether.models.budgets import set_budget
     from tether.record.tables import approvals
-
-    from _flows import TOOLS
 
     wf: Workflow[Job, World] = Workflow("big_refund", input=Job, tools=TOOLS, policy=POLICY, deps=lambda db: World())
 
@@ -400,8 +406,8 @@ def test_the_ceiling_is_recorded_shown_and_replayed(db_url: str) -> None:
     assert shown["cost_ceiling_usd"] == 0.005 and shown["cost_usd"] == pytest.approx(ONE_CALL)
     assert "cost_ceiling_usd: 1.0" in CliRunner().invoke(cli, ["runs", "show", done.run_id, "--db", db_url]).stdout
     import httpx
-
     from _server import LiveServer
+
     from tether.server.app import create_app
     from tether.server.keys import create_key
 
@@ -432,8 +438,9 @@ def test_the_ceiling_is_recorded_shown_and_replayed(db_url: str) -> None:
 
 
 def test_a_resumed_run_keeps_the_ceiling_it_started_under(db: Database) -> None:
-    from tether import ApprovalInbox
     from _flows import TOOLS
+
+    from tether import ApprovalInbox
 
     wf: Workflow[Job, World] = Workflow("ask_refund_ask", input=Job, tools=TOOLS, policy=POLICY, deps=lambda db: World())
 

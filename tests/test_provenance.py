@@ -16,7 +16,16 @@ import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from tether import ApprovalInbox, Choice, Database, DecisionRequest, End, PolicySet, Runtime, Workflow
+from tether import (
+    ApprovalInbox,
+    Choice,
+    Database,
+    DecisionRequest,
+    End,
+    PolicySet,
+    Runtime,
+    Workflow,
+)
 from tether.guardrails.cedar import CedarPolicy
 from tether.guardrails.provenance import Provenance, numbers_in, summary, tokens_in
 from tether.orchestration.context import RunContext

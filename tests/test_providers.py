@@ -7,8 +7,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
-
 from _flows import POLICY, TOOLS, Job, World
 from _llm_servers import (
     anthropic_error,
@@ -20,6 +18,8 @@ from _llm_servers import (
     openai_server,
     openai_tool_call,
 )
+from click.testing import CliRunner
+
 from tether import DecisionRequest, End, Runtime, Workflow
 from tether.cli import cli
 from tether.models.base import ModelError

@@ -17,14 +17,27 @@ from tether.guardrails.approvals import ApprovalInbox
 from tether.guardrails.loading import load_policy
 from tether.orchestration.runtime import Runtime
 from tether.record.db import Database
-from tether.record.runs import load_events
 from tether.record.ledger import Ledger
+from tether.record.runs import load_events
 from tether.record.tables import runs as runs_table
 from tether.workflows.retail import workflow
-from tether.workflows.retail.flow import AGENT_POLICY
 from tether.workflows.retail.evals import changed_state, run_task, template
-from tether.workflows.retail.planners import PlannerModel, ScriptedPlanner, Step, complete, tau2_steps
-from tether.workflows.retail.store import RecordError, RetailStore, calculate, changed, normalise, pristine
+from tether.workflows.retail.flow import AGENT_POLICY
+from tether.workflows.retail.planners import (
+    PlannerModel,
+    ScriptedPlanner,
+    Step,
+    complete,
+    tau2_steps,
+)
+from tether.workflows.retail.store import (
+    RecordError,
+    RetailStore,
+    calculate,
+    changed,
+    normalise,
+    pristine,
+)
 
 TASKS = Path(__file__).resolve().parent.parent / "src/tether/workflows/retail/data/tasks_train.json"
 POLICY = Path(__file__).resolve().parent.parent / "src/tether/workflows/retail/policy.yaml"

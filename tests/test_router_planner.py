@@ -153,9 +153,9 @@ def test_eval_under_a_configured_router_reports_model_routes(monkeypatch: pytest
     """TETHER_ROUTER: the offline classifier, then an OpenAI-compatible server; the eval records routes per model."""
     import json
 
+    from _llm_servers import openai_content, openai_server
     from click.testing import CliRunner
 
-    from _llm_servers import openai_content, openai_server
     from tether.cli import cli
 
     with openai_server([openai_content('{"option": "card_arrival", "confidence": 0.95}', prompt=900, completion=12)]) as srv:

@@ -19,17 +19,17 @@ from _server import LiveServer, add_ticket, refund_customers, waiting_refund
 from click.testing import CliRunner
 
 from tether.cli import cli
-from tether.models.base import Choice, DecisionRequest, Usage
-from tether.orchestration.runtime import Runtime
-from tether.workflows.triage.flow import workflow
 from tether.errors import AccessDenied
+from tether.models.base import Choice, DecisionRequest, Usage
 from tether.orchestration import rollout
+from tether.orchestration.runtime import Runtime
 from tether.record.db import Database
 from tether.record.ledger import Ledger, read_export, verify_entries
 from tether.record.tables import api_keys, runs, spans
 from tether.server.app import create_app
 from tether.server.keys import authenticate, create_key
 from tether.workflows.triage import systems
+from tether.workflows.triage.flow import workflow
 
 
 class Env:

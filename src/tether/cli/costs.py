@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+)
 from tether.errors import TetherError
 
 

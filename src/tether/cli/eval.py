@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from tether.cli._common import Progress, echo_json, json_option, one_line_errors, open_db, write_atomic
+from tether.cli._common import (
+    Progress,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+    write_atomic,
+)
 
 
 @click.command(name="eval")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from tether.cli._common import db_option, echo_json, json_option, one_line_errors, open_db
+from tether.cli._common import (
+    db_option,
+    echo_json,
+    json_option,
+    one_line_errors,
+    open_db,
+)
 from tether.orchestration import rollout as ro
 from tether.orchestration.runtime import default_user
 

@@ -24,7 +24,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tether.models.base import Choice, DecisionRequest, ModelCall, Usage, current_context
+from tether.models.base import (
+    Choice,
+    DecisionRequest,
+    ModelCall,
+    Usage,
+    current_context,
+)
 from tether.record.cachestats import counter
 from tether.record.canonical import digest
 from tether.record.db import Database

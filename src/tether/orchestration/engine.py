@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
 from tether.guardrails.loading import Policy, policy_from_text
 from tether.orchestration.runtime import (
@@ -31,14 +33,17 @@ from tether.orchestration.runtime import (
     PAUSED,
     RUNNING,
     WAITING_TIMER,
-    Runtime,
     RunResult,
+    Runtime,
     due_timers,
     version_key,
 )
 from tether.orchestration.workflow import Workflow, load
+from tether.record import ledger
 from tether.record import runs as store
-from tether.record.db import Database
+from tether.record.canonical import digest
+from tether.record.db import Database, timestamp
+from tether.record.tables import runs
 
 APP = "tether"
 QUEUE = "tether_runs"
@@ -201,8 +206,8 @@ def _register() -> None:
 
     # A run whose every attempt kills its worker (say, out of memory) is dead-lettered by the
     # engine after this many starts; the workers then mark it `interrupted` (worker.py).
-    @DBOS.workflow(name=RUN_WORKFLOW, max_recovery_attempts=max_recoveries())
     # `options` came after the first release: runs queued before it carry five arguments.
+    @DBOS.workflow(name=RUN_WORKFLOW, max_recovery_attempts=max_recoveries())
     def run(
         run_id: str, ref: str, input: dict[str, Any], started_by: str, tenant: str, options: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -299,11 +304,7 @@ def open_client(db: Database) -> Any:
 def wait(
     db: Database, run_ids: list[str], timeout_s: float, *, poll_s: float = 0.1, until: tuple[str, ...] = (*FINAL_STATUSES, *PAUSED)
 ) -> dict[str, str]:
-    """Wait until every run has ended or waits for a person (or is in `until`); returns their statuses."""
-    from tether.record.tables import runs
-
-    import sqlalchemy as sa
-
+    """Wait until every run has ended or waits for a person or a timer (or is in `until`); returns their statuses."""
     end = time.monotonic() + timeout_s
     while True:
         with db.read() as conn:
@@ -364,7 +365,7 @@ class Engine:
         return {w.executor_id for w in pending if w.executor_id}
 
     def wake_timers(self, client: Any) -> int:
-        """Queue the resumption of every run whose timer is due; returns how many were newly queued.
+        """Queue the resumption of runs whose timers are due; returns how many were newly queued.
 
         A wake-up's segment id comes from the run's due time (and its attempt), so workers that
         see a due run at once queue it once. A wake-up that ended with the run still due (it
@@ -384,8 +385,6 @@ class Engine:
         return n
 
     def _wake(self, client: Any, run_id: str, wake_at: str) -> int:
-        from tether.record.canonical import digest
-
         base = f"{run_id}:resume:timer-{digest(wake_at)[:12]}"
         ids = [base, *(f"{base}-{i}" for i in range(2, WAKE_ATTEMPTS + 1))]
         got = {w.workflow_id: w for w in client.list_workflows(workflow_ids=ids, load_input=False)}
@@ -401,11 +400,6 @@ class Engine:
         last = got[ids[-1]].output or {}
         why = (f"not woken: its timer was due at {wake_at}, and {WAKE_ATTEMPTS} wake-ups did not resume it "
                f"({last.get('error') or last.get('status') or got[ids[-1]].status}); `tether runs resume RUN` when fixed")  # fmt: skip
-        from tether.record.tables import runs
-
-        from tether.record import ledger
-        from tether.record.db import timestamp
-
         with self.db.transaction() as conn:
             res = conn.execute(runs.update().where(runs.c.id == run_id, runs.c.status == WAITING_TIMER, runs.c.wake_at == wake_at)
                                .values(wake_at=None, error=why, updated_at=timestamp()))  # fmt: skip

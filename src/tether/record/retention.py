@@ -25,7 +25,15 @@ import sqlalchemy as sa
 from tether.errors import TetherError
 from tether.record.db import Database
 from tether.record.runs import FINAL_STATUSES
-from tether.record.tables import answer_cache, memory_items, observations, prompts, run_events, runs, spans
+from tether.record.tables import (
+    answer_cache,
+    memory_items,
+    observations,
+    prompts,
+    run_events,
+    runs,
+    spans,
+)
 
 PROMPT_DAYS = (7, 30)
 

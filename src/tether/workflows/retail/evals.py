@@ -21,9 +21,21 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tether.evals.golden import Case, Expected, GoldenError
 from tether.record.canonical import digest
 from tether.record.db import Database
-from tether.workflows.retail.planners import PLANNERS, PlannerModel, ScriptedPlanner, complete, tau2_steps
+from tether.workflows.retail.planners import (
+    PLANNERS,
+    PlannerModel,
+    ScriptedPlanner,
+    complete,
+    tau2_steps,
+)
 from tether.workflows.retail.session import CHANGES
-from tether.workflows.retail.store import RecordError, RetailStore, changed, normalise, pristine
+from tether.workflows.retail.store import (
+    RecordError,
+    RetailStore,
+    changed,
+    normalise,
+    pristine,
+)
 from tether.workflows.retail.tools import CUSTOMER, PLANNER_TOOLS
 
 _TOOLS = {t.name: t for t in PLANNER_TOOLS}

@@ -16,7 +16,6 @@ Every change passes the proxy's idempotency key to the store.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
