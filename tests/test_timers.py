@@ -70,6 +70,8 @@ def test_a_sleeping_run_holds_no_process_and_is_woken_when_due(db: Database, db_
     with db.read() as conn:
         kinds = conn.execute(sa.select(run_events.c.kind).where(run_events.c.run_id == r.run_id)).scalars().all()
     assert kinds.count("timer") == 1 and kinds.count("timer_fired") == 1
+    with db.read() as conn:  # the due time is cleared once the run goes on
+        assert conn.execute(sa.text("select wake_at from runs where id = :i"), {"i": r.run_id}).scalar() is None
     rep = replay(db, r.run_id, workflow=wf)
     assert (rep.replay_status, rep.same) == ("completed", True)
     assert Ledger(db).verify().ok

@@ -401,8 +401,10 @@ class Runtime:
             error = scrub(error)
             root.set_status(StatusCode.ERROR, self.db.redactor.text(error)[:500])
         root.end()
+        # wake_at is set only while the run waits on a timer, so it never shows a time long past.
+        journal.set_run_values(wake_at=wake_at)
         if status == WAITING_TIMER:
-            journal.flush(lambda conn: tracing.save(conn, run_id), status=WAITING_TIMER, wake_at=wake_at)
+            journal.flush(lambda conn: tracing.save(conn, run_id), status=WAITING_TIMER)
         elif status != WAITING:
             journal.add("end", None, {"status": status, "outcome": outcome, "error": error})
             journal.add_ledger("run_finished", {"status": status, "outcome": outcome,
