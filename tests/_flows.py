@@ -146,3 +146,17 @@ def make_workflow(name: str = "refunds", world: World | None = None, max_steps: 
         return End("completed", "refunded")
 
     return wf
+
+
+def ask_refund_ask() -> Workflow[Job, World]:
+    """A model choice, a refund that waits for a person, another choice: spend on both sides of a pause."""
+    wf: Workflow[Job, World] = Workflow("ask_refund_ask", input=Job, tools=TOOLS, policy=POLICY, deps=lambda db: World())
+
+    @wf.state(initial=True, goes_to=[])
+    def go(run: RunContext[Job, World]) -> End:
+        run.choose("before", ["yes"], {"text": "x" * 400})
+        run.call("payments.refund", {"transaction_id": "T1", "amount_usd": 500})  # over 100: waits for a person
+        run.choose("after", ["yes"], {"text": "x" * 400})
+        return End("completed", "done")
+
+    return wf

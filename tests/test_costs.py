@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _flows import POLICY, TOOLS, Job, World
+from _flows import POLICY, TOOLS, Job, World, ask_refund_ask
 from click.testing import CliRunner
 
 from tether import Choice, DecisionRequest, End, Runtime, Usage, Workflow
@@ -190,14 +190,7 @@ def test_runs_show_reports_cost_per_run_and_step(db_url: str) -> None:
 def test_a_resumed_run_keeps_what_it_spent_before_the_pause(db: Database) -> None:
     from tether import ApprovalInbox
 
-    wf: Workflow[Job, World] = Workflow("ask_refund_ask", input=Job, tools=TOOLS, policy=POLICY, deps=lambda db: World())
-
-    @wf.state(initial=True, goes_to=[])
-    def go(run: Any) -> Any:
-        run.choose("before", ["yes"], {"text": "x" * 400})
-        run.call("payments.refund", {"transaction_id": "T1", "amount_usd": 500})  # over 100: waits for a person
-        run.choose("after", ["yes"], {"text": "x" * 400})
-        return End("completed", "done")
+    wf = ask_refund_ask()
 
     model = Priced()
     rt = Runtime(db, model=lambda: model, cost_ceiling_usd=0.005)

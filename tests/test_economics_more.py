@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _flows import POLICY, Job, World
+from _flows import POLICY, Job, World, ask_refund_ask
 from click.testing import CliRunner
 
 from tether import End, Runtime, Workflow
@@ -438,18 +438,10 @@ def test_the_ceiling_is_recorded_shown_and_replayed(db_url: str) -> None:
 
 
 def test_a_resumed_run_keeps_the_ceiling_it_started_under(db: Database) -> None:
-    from _flows import TOOLS
 
     from tether import ApprovalInbox
 
-    wf: Workflow[Job, World] = Workflow("ask_refund_ask", input=Job, tools=TOOLS, policy=POLICY, deps=lambda db: World())
-
-    @wf.state(initial=True, goes_to=[])
-    def go(run: Any) -> Any:
-        run.choose("before", ["yes"], {"text": "x" * 400})
-        run.call("payments.refund", {"transaction_id": "T1", "amount_usd": 500})  # over 100: waits for a person
-        run.choose("after", ["yes"], {"text": "x" * 400})
-        return End("completed", "done")
+    wf = ask_refund_ask()
 
     model = _Priced()
     r = Runtime(db, model=lambda: model, cost_ceiling_usd=0.005).start(wf, {}, started_by="alice")

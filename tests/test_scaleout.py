@@ -313,3 +313,11 @@ def test_a_queued_run_refused_by_the_kill_switch_is_kept_with_the_reason(db: Dat
         kinds = conn.execute(sa.select(ledger.ledger_entries.c.kind).where(ledger.ledger_entries.c.run_id == "run_broke")).scalars().all()
     assert kinds == ["run_refused"]
     assert Ledger(db).verify().ok
+
+
+def test_a_bad_max_recoveries_setting_fails_before_the_worker_registers(db: Database, db_url: str) -> None:
+    res = CliRunner().invoke(cli, ["worker", "--db", db_url], env={"TETHER_MAX_RECOVERIES": "lots"})
+    assert res.exit_code == 1
+    assert res.stderr.strip() == "error: TETHER_MAX_RECOVERIES must be a whole number of starts, got 'lots'"
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(workers)).scalar() == 0

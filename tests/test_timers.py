@@ -19,6 +19,7 @@ from tether.cli import cli
 from tether.orchestration import engine
 from tether.orchestration.replay import replay
 from tether.orchestration.worker import Worker
+from tether.record.metrics import exposition
 from tether.record.tables import run_events
 
 
@@ -110,10 +111,13 @@ def test_workers_wake_due_runs_once(db: Database) -> None:
     r = Runtime(db).start(nap, {"seconds": 0.3})
     assert r.status == "waiting_timer"
     time.sleep(0.35)
+    assert "tether_timers_due 1.0" in exposition(db).decode()  # what an operator sees before anything wakes it
+    res = CliRunner().invoke(cli, ["runs", "wake", "--queue", "--json", "--db", str(db.url)])
+    assert res.exit_code == 0 and json.loads(res.output) == {"queued": 1}, res.stderr
     client = engine.open_client(db)
     try:
         e = engine.Engine(db, "test")
-        assert e.wake_timers(client) == 1 and e.wake_timers(client) == 0  # seen twice, queued once
+        assert e.wake_timers(client) == 0 and e.wake_timers(client) == 0  # seen again by a worker, queued once
         segments = [w for w in client.list_workflows(load_input=False) if w.workflow_id.startswith(f"{r.run_id}:resume:timer-")]
         assert len(segments) == 1  # ...queued once
     finally:
@@ -205,8 +209,6 @@ def test_runs_whose_timer_resumption_failed_do_not_block_every_later_timer(db: D
     for status, wake_at, error in rows:
         assert status == "waiting_timer" and wake_at is None  # kept, resumable by hand or --migrate
         assert error.startswith("not woken: its timer was due at") and "3 wake-ups did not resume it" in error
-    from tether.record.metrics import exposition
-
     assert "tether_timers_not_woken 2.0" in exposition(db).decode()  # what an operator alerts on
 
 
@@ -233,3 +235,22 @@ def test_wake_due_with_a_given_now_fires_the_timers_it_picked(db: Database) -> N
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).isoformat(timespec="microseconds")
     [woken] = Runtime(db).wake_due(now=later)
     assert woken.status == "completed", woken
+
+
+def test_a_queued_wake_up_of_a_run_on_other_code_is_refused_unless_migrated(db: Database, monkeypatch: Any) -> None:
+    """What a worker does with a wake-up (engine options): on other code the run is left as it is,
+    with the reason; with `migrate` (`runs resume --queue --migrate`) its journal is re-run on this code."""
+    from _timer_flow import nap
+
+    monkeypatch.setattr(engine, "_db", db)
+    r = Runtime(db).start(nap, {"seconds": 3600})
+    with db.transaction() as conn:
+        conn.execute(sa.text("update runs set workflow_version = 'v-old' where id = :i"), {"i": r.run_id})
+    args = (r.run_id, "_timer_flow:nap", {"seconds": 3600}, "ops", "default")
+    out = engine.advance(*args, driver="engine:w1", options={"timer_due": r.wake_at})
+    assert out["status"] == "not_driven" and "version v-old" in out["error"]
+    assert Runtime(db).get(r.run_id).status == "waiting_timer"  # untouched
+    out = engine.advance(*args, driver="engine:w2", options={"timer_due": r.wake_at, "migrate": True})
+    assert (out["status"], out["outcome"]) == ("completed", "rested")  # the hour-long timer fired: it was due by the waker
+    with db.read() as conn:
+        assert conn.execute(sa.text("select workflow_version from runs where id = :i"), {"i": r.run_id}).scalar() == nap.version

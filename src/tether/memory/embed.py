@@ -135,8 +135,7 @@ class ProviderEmbedder(_CachedEmbedder):
 
 def embedder_from_env(env: Mapping[str, str] | None = None, *, secrets: Any = None) -> Any:
     """The embedder configuration names (see the module's docstring); offline when none is set."""
-    from tether.models.config import _KeyStore, _number
-    from tether.tools.secrets import SecretError
+    from tether.models.config import _KeyStore, _number, local_key
 
     env = os.environ if env is None else env
     spec = env.get("TETHER_EMBEDDINGS", "").strip()
@@ -153,8 +152,4 @@ def embedder_from_env(env: Mapping[str, str] | None = None, *, secrets: Any = No
     base = env.get("TETHER_EMBEDDINGS_BASE_URL")
     if not base:
         raise EmbeddingError(f"$TETHER_EMBEDDINGS={spec!r} needs TETHER_EMBEDDINGS_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
-    try:
-        key = secrets.get("TETHER_EMBEDDINGS_API_KEY")
-    except SecretError:
-        key = "none"  # local servers usually take none
-    return ProviderEmbedder(model, api_key=key, base_url=base, name=spec, **opts)
+    return ProviderEmbedder(model, api_key=local_key(secrets, "TETHER_EMBEDDINGS_API_KEY"), base_url=base, name=spec, **opts)

@@ -158,7 +158,7 @@ class VectorStore:
         )
         params = {"q": _vector_text(qvec), "tenant": tenant, "ns": namespace, "embedder": self.embedder.name, "n": k + _SLACK}
         with self.db.read() as conn:
-            return self._hits(conn, tenant, namespace, list(conn.execute(sql, params).scalars()), qvec, k)
+            return self._hits(conn, tenant, namespace, list(conn.execute(sql, params).scalars()), qvec, k)[0]
 
     def _search_numpy(self, tenant: str, namespace: str, query: str, k: int) -> list[Hit]:
         import numpy as np
@@ -169,12 +169,12 @@ class VectorStore:
             if not ids:
                 return []
             top = np.argsort(-(m @ qvec), kind="stable")[: k + _SLACK]
-            shortlist = [ids[i] for i in top]
-            if self._alive(tenant, namespace, shortlist):
+            with self.db.read() as conn:
+                hits, complete = self._hits(conn, tenant, namespace, [ids[i] for i in top], qvec, k, {ids[i]: m[i] for i in top})
+            if complete:
                 break
             self._forget(tenant, namespace)  # the matrix holds items deleted elsewhere: load it again
-        with self.db.read() as conn:
-            return self._hits(conn, tenant, namespace, shortlist, qvec, k, {ids[i]: m[i] for i in top})
+        return hits
 
     def _alive(self, tenant: str, namespace: str, item_ids: list[int]) -> bool:
         """Whether every one of these items is still stored in this namespace (a purge in another
@@ -191,21 +191,22 @@ class VectorStore:
         return [c.tenant == tenant, c.namespace == namespace, c.embedder == self.embedder.name]
 
     def _hits(self, conn: sa.Connection, tenant: str, namespace: str, candidates: list[int], qvec: Any, k: int,
-              vectors: dict[int, Any] | None = None) -> list[Hit]:  # fmt: skip
-        """The k best of the shortlist, scored once more in float64 and ties to the older item.
+              vectors: dict[int, Any] | None = None) -> tuple[list[Hit], bool]:  # fmt: skip
+        """The k best of the shortlist, scored once more in float64 and ties to the older item,
+        and whether every candidate is still stored (a purge elsewhere deletes items).
         float32 sums differ between numpy and pgvector in the 7th digit; this way both
         backends give the same ids in the same order."""
         import numpy as np
 
         if not candidates:
-            return []
+            return [], True
         cols = [memory_items.c.id, memory_items.c.text, memory_items.c.meta]
         rows = conn.execute(sa.select(*cols, *([] if vectors else [memory_items.c.vector]))
                             .where(memory_items.c.id.in_(candidates), *self._scope(tenant, namespace))).all()  # fmt: skip
         vectors = vectors or {r.id: np.frombuffer(r.vector, dtype=np.float32) for r in rows}
         q64 = np.asarray(qvec, dtype=np.float64)
         scored = sorted(((float(vectors[r.id].astype(np.float64) @ q64), r) for r in rows), key=lambda x: (-x[0], x[1].id))
-        return [Hit(r.id, r.text, _json(r.meta), round(s, 6)) for s, r in scored[:k]]
+        return [Hit(r.id, r.text, _json(r.meta), round(s, 6)) for s, r in scored[:k]], len(rows) == len(set(candidates))
 
     @property
     def hit_rate(self) -> float:

@@ -40,6 +40,14 @@ class _KeyStore:
         raise SecretError(f"secret {name!r} is not set (${name} or $TETHER_SECRET_{name})")
 
 
+def local_key(secrets: Any, name: str) -> str:
+    """The key for an OpenAI-compatible local server, if one is set: most (vLLM, Ollama, llama.cpp) take none."""
+    try:
+        return str(secrets.get(name))
+    except SecretError:
+        return "none"
+
+
 def one_model(spec: str, *, secrets: Any = None, env: Mapping[str, str] | None = None, offline: Callable[[], Any] | None = None) -> Any:
     env = os.environ if env is None else env
     secrets = secrets or _KeyStore()
@@ -69,11 +77,7 @@ def one_model(spec: str, *, secrets: Any = None, env: Mapping[str, str] | None =
         base = env.get("TETHER_MODEL_BASE_URL")
         if not base:
             raise ModelConfigError(f"model {spec!r} needs TETHER_MODEL_BASE_URL (e.g. http://127.0.0.1:8000/v1)")
-        try:
-            key = secrets.get("TETHER_MODEL_API_KEY")
-        except SecretError:
-            key = "none"  # local servers (vLLM, Ollama, llama.cpp) usually take none
-        return OpenAIModel(model, api_key=key, base_url=base, name=spec, **opts)
+        return OpenAIModel(model, api_key=local_key(secrets, "TETHER_MODEL_API_KEY"), base_url=base, name=spec, **opts)
     raise ModelConfigError(f"model {spec!r}: unknown provider {kind!r} (openai, anthropic, compatible, offline)")
 
 
