@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether import (
     Args,
     Database,
@@ -27,7 +28,7 @@ from tether import (
 )
 from tether.orchestration._journal import Journal
 from tether.record import runs as store
-from tether.tools.proxy import RunInfo
+from tether.types import RunInfo
 from tether.tools.tool import Grant
 
 POLICY = PolicySet.from_text("""
@@ -66,6 +67,7 @@ def main() -> None:
     for timeout in (10.0, None):
         t = tool("payments.refund", timeout_s=timeout)(_refund)
         proxy = ToolProxy(ToolRegistry([t]))
+        pipeline = CallPipeline(proxy)
         run_id = f"run_bench_{timeout}"
         with db.transaction() as conn:
             store.store_policy(conn, POLICY.hash, "bench", POLICY.text)
@@ -77,7 +79,7 @@ def main() -> None:
         for i in range(opts.calls):
             call = ToolCall(call_id=f"1.{i}", tool="payments.refund", args=args, proposer="bench")
             t0 = time.perf_counter_ns()
-            r = proxy.call(call, policy=POLICY, recorder=journal, deps=None, run=info)
+            r = pipeline.propose(call, CallScope(info, POLICY, journal, None))
             samples.append(time.perf_counter_ns() - t0)
             assert r.ok
         proxy.close()
@@ -99,7 +101,7 @@ def main() -> None:
         print(f"  {label:<29} p50 {p50:9.1f} us   p99 {p99:9.1f} us   overhead p50 {p50 - d50:9.1f} us")
     # How much of that is the durable writes: the same calls with a no-op recorder.
     t = tool("payments.refund", timeout_s=None)(_refund)
-    proxy = ToolProxy(ToolRegistry([t]))
+    pipeline = CallPipeline(ToolProxy(ToolRegistry([t])))
 
     class NoRecord:
         def proposed(self, *a: Any) -> None: ...
@@ -111,7 +113,7 @@ def main() -> None:
     for i in range(opts.calls):
         call = ToolCall(call_id=f"1.{i}", tool="payments.refund", args=args, proposer="bench")
         t0 = time.perf_counter_ns()
-        proxy.call(call, policy=POLICY, recorder=NoRecord(), deps=None, run=RunInfo("r", 1, "t"))
+        pipeline.propose(call, CallScope(RunInfo("r", 1, "t"), POLICY, NoRecord(), None))
         mem.append(time.perf_counter_ns() - t0)
     m50, m99 = percentiles(mem)
     print(f"  validation + policy only      p50 {m50:9.1f} us   p99 {m99:9.1f} us   (no records written)")

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether.record.redaction import KINDS, scan
 
 
@@ -62,7 +63,7 @@ def overhead(calls: int = 1000) -> None:
     from tether.record import runs as store
     from tether.record.redaction import PII
     from tether.record.tracing import RUN_ID, Tracing
-    from tether.tools.proxy import RunInfo
+    from tether.types import RunInfo
 
     class NoteArgs(Args):
         ticket_id: str
@@ -76,7 +77,7 @@ def overhead(calls: int = 1000) -> None:
     folder = Path(tempfile.mkdtemp(prefix="tether-redaction-bench-"))
     db = Database(f"sqlite:///{folder / 'b.db'}")
     tracing = Tracing()
-    proxy = ToolProxy(ToolRegistry([note]))
+    proxy = CallPipeline(ToolProxy(ToolRegistry([note])))
     args = {"ticket_id": "T1", "text": "My card 4111 1111 1111 1111 was charged twice, mail me at jane.doe@example.com"}
     results = {}
     for label, traced, marked in (("plain", False, False), ("traced", True, False), ("traced + redacted", True, True)):
@@ -92,9 +93,9 @@ def overhead(calls: int = 1000) -> None:
             t0 = time.perf_counter_ns()
             if traced:
                 with tracing.tracer.start_as_current_span("execute_tool helpdesk.note", attributes={RUN_ID: run_id}):
-                    proxy.call(call, policy=policy, recorder=journal, deps=None, run=RunInfo(run_id, 1, "t"))
+                    proxy.propose(call, CallScope(RunInfo(run_id, 1, "t"), policy, journal, None))
             else:
-                proxy.call(call, policy=policy, recorder=journal, deps=None, run=RunInfo(run_id, 1, "t"))
+                proxy.propose(call, CallScope(RunInfo(run_id, 1, "t"), policy, journal, None))
             samples.append(time.perf_counter_ns() - t0)
             if not marked:
                 journal.db.__dict__["redactor"] = _NoRedaction()

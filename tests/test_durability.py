@@ -64,7 +64,7 @@ def _run(db: Database, upstream: Flaky, tool_name: str) -> tuple[Any, list[float
 
     rt = Runtime(db)
     waits: list[float] = []
-    proxy = rt._proxy(wf)
+    proxy = rt._pipeline(wf).proxy
     proxy._sleep, proxy._random = waits.append, lambda: 1.0  # the top of each jitter range, no real waiting
     return rt.start(wf, {}), waits
 

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether import (
     ApprovalError,
     ApprovalInbox,
@@ -211,7 +212,7 @@ def test_tools_check_the_credential_of_their_call(db: Database) -> None:
     r = Runtime(db).start(_pay_workflow("policies: []", world), {"amount_usd": 5})
     assert r.status == "completed" and len(world.effects) == 1
     proxy = ToolProxy(ToolRegistry(_pay_workflow("policies: []", world, "p2").tools))  # no credentials minted
-    from tether.tools.proxy import RunInfo
+    from tether.types import RunInfo
 
     class Rec:
         def proposed(self, *a: Any) -> None: ...
@@ -219,9 +220,8 @@ def test_tools_check_the_credential_of_their_call(db: Database) -> None:
         def approval_requested(self, *a: Any) -> str: return ""
         def finished(self, *a: Any) -> None: ...
 
-    res = proxy.call(ToolCall(call_id="1.1", tool="payments.refund", args={"transaction_id": "X000001", "amount_usd": 5},
-                              proposer="t"), policy=PolicySet.from_text("policies: []"), recorder=Rec(), deps=world,
-                     run=RunInfo("r", 1, "t"))  # fmt: skip
+    res = CallPipeline(proxy).propose(ToolCall(call_id="1.1", tool="payments.refund", args={"transaction_id": "X000001", "amount_usd": 5},
+                              proposer="t"), CallScope(RunInfo("r", 1, "t"), PolicySet.from_text("policies: []"), Rec(), world))  # fmt: skip
     assert res.status == "error" and "no credential was issued" in (res.error or "") and len(world.effects) == 1
 
 

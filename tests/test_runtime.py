@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 from _flows import POLICY, TOOLS, Job, Scripted, World, make_workflow
 
+from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether import (
     ApprovalError,
     ApprovalInbox,
@@ -245,25 +246,22 @@ class _Recorder:
 def test_proxy_rejects_bad_calls_before_the_gate(tool_name: str, args: dict, error: str) -> None:
     world, rec = World(), _Recorder()
     proxy = ToolProxy(ToolRegistry(TOOLS))
-    from tether.tools.proxy import RunInfo
+    from tether.types import RunInfo
 
-    res = proxy.call(ToolCall(call_id="1.1", tool=tool_name, args=args, proposer="test"), policy=POLICY,
-                     recorder=rec, deps=world, run=RunInfo("r", 1, "t"))  # fmt: skip
+    res = CallPipeline(proxy).propose(ToolCall(call_id="1.1", tool=tool_name, args=args, proposer="test"), CallScope(RunInfo("r", 1, "t"), POLICY, rec, world))  # fmt: skip
     assert res.status == "invalid" and error in (res.error or "")
     assert rec.seen == [("proposed", res.error), ("finished", "invalid")]  # never decided, never executed
     assert world.effects == []
 
 
 def test_proxy_timeout_and_tool_errors() -> None:
-    from tether.tools.proxy import RunInfo
+    from tether.types import RunInfo
 
     proxy, rec = ToolProxy(ToolRegistry(TOOLS)), _Recorder()
     run = RunInfo("r", 1, "t")
-    res = proxy.call(ToolCall(call_id="1", tool="clock.sleep", args={"seconds": 2}, proposer="t"), policy=POLICY,
-                     recorder=rec, deps=World(), run=run)  # fmt: skip
+    res = CallPipeline(proxy).propose(ToolCall(call_id="1", tool="clock.sleep", args={"seconds": 2}, proposer="t"), CallScope(run, POLICY, rec, World()))  # fmt: skip
     assert res.status == "timeout" and res.error == "clock.sleep did not finish within 0.2s"
-    res = proxy.call(ToolCall(call_id="2", tool="clock.boom", args={}, proposer="t"), policy=POLICY,
-                     recorder=rec, deps=World(), run=run)  # fmt: skip
+    res = CallPipeline(proxy).propose(ToolCall(call_id="2", tool="clock.boom", args={}, proposer="t"), CallScope(run, POLICY, rec, World()))  # fmt: skip
     assert res.status == "error" and res.error == "RuntimeError: upstream said no"
     proxy.close()
 

@@ -25,6 +25,7 @@ from tether.orchestration.runtime import (
     Runtime,
     default_user,
 )
+from tether.orchestration.session import is_session
 from tether.orchestration.workflow import load
 from tether.record import runs as store
 from tether.record import tracing
@@ -206,6 +207,8 @@ def resume(run_id: str, stranded: bool, migrate: bool, queued: bool, db_url: str
         return
     with db.read() as conn:
         row = store.get_run(conn, run_id)
+    if is_session(row.workflow_ref):
+        raise TetherError(f"run {run_id} is a governed session; the agent that opened it continues it (tether.Session.reopen)")
     if row.status in FINAL_STATUSES:
         raise TetherError(f"run {run_id} already ended ({row.status})")
     if row.status not in ("waiting_approval", "waiting_timer") and not stranded:

@@ -19,9 +19,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import Any
 
 from tether.errors import PolicyError
 from tether.guardrails import _yaml
@@ -31,8 +29,8 @@ from tether.guardrails._conditions import (
     ConditionTypeError,
 )
 from tether.guardrails.limits import Limit, parse_limits
+from tether.types import Action, ApprovalTier, Decision
 
-Action = Literal["allow", "require_human_approval", "deny"]
 ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
 STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
@@ -42,33 +40,6 @@ _FILE_KEYS = {"policies", "default", "description", "version", "include", "limit
 _RULE_KEYS = {"name", "if", "then", "description"}
 _THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class ApprovalTier(BaseModel):
-    """Who must approve a call a rule sends to people, and for how long the request stands."""
-
-    required: int = 1  # distinct approvers
-    role: str | None = None  # approvers need this role, scoped to the tool's family
-    expires_in_s: int | None = None
-    on_expiry: Literal["deny", "escalate"] = "deny"
-    escalate_to: str | None = None  # the role that takes over an expired request
-
-
-class Decision(BaseModel):
-    """What the gate decided for one proposed call, and why."""
-
-    action: Action
-    rules: list[str]
-    matched: list[str] = []
-    policy_hash: str
-    reason: str
-    risk: float | None = None
-    approval: ApprovalTier | None = None
-    untrusted_args: list[str] = []  # arguments traced to untrusted sources (guardrails.provenance)
-
-    @property
-    def allowed(self) -> bool:
-        return self.action == "allow"
 
 
 @dataclass(frozen=True)

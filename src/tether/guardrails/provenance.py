@@ -182,3 +182,25 @@ def summary(origins: Mapping[str, Origin]) -> dict[str, Any]:
         "trusted": all(o.trust == "trusted" for o in origins.values()),
         "provenance": {name: o.trust for name, o in origins.items()},
     }
+
+
+def gate_view(call: Any, clean: Mapping[str, Any]) -> dict[str, Any]:
+    """The gate's view of where a call's arguments came from (`trusted`, `provenance` for rules);
+    a call nobody traced has every argument untrusted."""
+    if call.provenance is None:
+        traced = {name: "untrusted" for name in clean}
+    else:  # an argument the caller left out holds the schema's default: the tool author's value
+        traced = {name: call.provenance.get(name, {}).get("trust", "trusted") for name in clean}
+    return {"trusted": all(v == "trusted" for v in traced.values()), "provenance": traced}
+
+
+def learn_result(provenance: Provenance, tool: Any, origins: Mapping[str, Origin], result: Any) -> None:
+    """Label a call's result: untrusted where the tool says outsiders write it, and all of it when
+    untrusted arguments chose what it returned (any argument of a read, the target of a change)."""
+    if tool is None or not result.ok or result.output is None:
+        return
+    choosers = [tool.target] if tool.side_effect else list(origins)
+    steered = any(origins[a].trust == "untrusted" for a in choosers if a in origins)
+    whole = tool.untrusted_output is True or steered
+    keys = tool.untrusted_output if isinstance(tool.untrusted_output, tuple) else ()
+    provenance.add(result.output, f"tool:{tool.name}", "untrusted" if whole else "trusted", keys)

@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tether.tools.calls import ToolResult
+from tether.types import ToolResult
 
 PLAN = "plan"
 DONE = "done"

@@ -14,16 +14,16 @@ from pydantic import BaseModel
 
 from tether.errors import NonDeterminismError, WorkflowError
 from tether.guardrails import approvals
-from tether.guardrails.policy import Decision
-from tether.guardrails.provenance import Origin, Provenance, Trust
+from tether.guardrails.provenance import Origin, Provenance, Trust, learn_result
 from tether.models.base import CallContext, Choice, DecisionRequest, Model, call_context
+from tether.orchestration import spans
 from tether.orchestration._journal import Journal
+from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether.orchestration.workflow import DepsT, InputT
 from tether.record.canonical import digest
 from tether.record.tracing import RUN_ID
-from tether.tools.calls import ToolCall, ToolResult
-from tether.tools.proxy import Approval, RunInfo, ToolProxy
 from tether.tools.tool import Tool, idempotency_key
+from tether.types import Approval, Decision, RunInfo, ToolCall, ToolResult
 
 if TYPE_CHECKING:
     from tether.orchestration.workflow import Workflow
@@ -70,7 +70,7 @@ class RunContext(Generic[InputT, DepsT]):
         tenant: str,
         started_by: str,
         journal: Journal,
-        proxy: ToolProxy,
+        pipeline: CallPipeline,
         policy: Any,  # tether.guardrails.loading.Policy
         deps: DepsT,
         model: Callable[[], Model],
@@ -91,7 +91,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._deps = deps  # for the tools only: state code reaches the world through `call`
         self.data: dict[str, Any] = {}  # state carried between states, rebuilt on replay
         self._journal = journal
-        self._proxy = proxy
+        self._pipeline = pipeline
         self._policy = policy
         self._model = model
         self._approval_source = approval_source  # replay answers approvals from the recording
@@ -444,35 +444,26 @@ class RunContext(Generic[InputT, DepsT]):
                             facts=dict(p.get("facts") or {}), risk_context=dict(p.get("risk_context") or {}))  # fmt: skip
             info = RunInfo(run_id=self.id, step=proposal.step, tenant=self.tenant)  # the key of the step it ran in
             with self._tool_span(call) as span:  # as decided then: no new decision, limit draw or budget check
-                result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=info,
-                                          approval=approval, decided=d)  # fmt: skip
+                result = self._pipeline.finish_cleared(call, self._scope(info), d, approval)
                 self._end_tool_span(span, result)
             if not result.ok:
                 unsure.append(name)
         return unsure
 
     def _learn_result(self, t: Tool | None, origins: Mapping[str, Origin], result: ToolResult) -> ToolResult:
-        """Label a result: untrusted where the tool says outsiders write it, and all of it when
-        untrusted arguments chose what it returned (any argument of a read, the target of a change)."""
-        if t is not None and result.ok and result.output is not None:
-            choosers = [t.target] if t.side_effect else list(origins)
-            steered = any(origins[a].trust == "untrusted" for a in choosers if a in origins)
-            whole = t.untrusted_output is True or steered
-            keys = t.untrusted_output if isinstance(t.untrusted_output, tuple) else ()
-            self.provenance.add(result.output, f"tool:{t.name}", "untrusted" if whole else "trusted", keys)
+        learn_result(self.provenance, t, origins, result)
         return result
 
     def _call_live(self, call: ToolCall, info: RunInfo) -> ToolResult:
         with self._tool_span(call) as span:
-            result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps, run=info)
+            result = self._pipeline.propose(call, self._scope(info))
             if result.status == "pending_approval":
                 approval = self._approval_source(call, result.decision) if self._approval_source and result.decision else None
                 if approval is None:
                     self._end_tool_span(span, result)
                     raise Suspend(result.approval_id or "")
                 self._journal.approval_applied(call, approval.id, approval.approved, approval.by)
-                result = self._proxy.call(call, policy=self._policy, recorder=self._journal, deps=self._deps,
-                                          run=info, approval=approval)  # fmt: skip
+                result = self._pipeline.execute_approved(call, self._scope(info), approval)
             self._end_tool_span(span, result)
         return result
 
@@ -480,28 +471,13 @@ class RunContext(Generic[InputT, DepsT]):
         return self._history(self.tenant, tool) if self._history else False
 
     def _tool_span(self, call: ToolCall) -> Any:
-        untrusted = sorted(a for a, o in (call.provenance or {}).items() if o["trust"] == "untrusted")
-        return self._span(f"execute_tool {call.tool}", {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.tool,
-                                                        "gen_ai.tool.call.id": call.call_id, "gen_ai.tool.type": "function",
-                                                        "tether.proposer": call.proposer,
-                                                        "tether.provenance.untrusted": untrusted})  # fmt: skip
+        return self._span(spans.tool_span_name(call), spans.tool_attributes(call))
 
     def _end_tool_span(self, span: Any, result: ToolResult, wait_s: float | None = None) -> None:
-        attrs: dict[str, Any] = {"tether.call.status": result.status}
-        if result.decision is not None and result.decision.risk is not None:
-            attrs["tether.risk.score"] = result.decision.risk
-        if result.decision is not None:
-            attrs.update({"tether.policy.decision": result.decision.action, "tether.policy.rules": result.decision.rules,
-                          "tether.policy.hash": result.decision.policy_hash})  # fmt: skip
-        if result.approval_id:
-            attrs["tether.approval.id"] = result.approval_id
-        if wait_s is not None:
-            attrs["tether.approval.wait_s"] = round(wait_s, 3)
-        if result.duration_ms is not None:
-            attrs["tether.tool.duration_ms"] = round(result.duration_ms, 3)
-        span.set_attributes(attrs)
-        if result.status in ("error", "timeout"):
-            span.set_status(StatusCode.ERROR, self._journal.db.redactor.text(result.error or result.status)[:300])
+        spans.finish_tool_span(span, result, self._journal.db.redactor, wait_s)
+
+    def _scope(self, info: RunInfo) -> CallScope:
+        return CallScope(run=info, policy=self._policy, recorder=self._journal, deps=self._deps)
 
     def _info(self) -> RunInfo:
         return RunInfo(run_id=self.id, step=self.step, tenant=self.tenant)
@@ -546,10 +522,7 @@ class RunContext(Generic[InputT, DepsT]):
         self._journal.approval_applied(call, req.id, approved, by)
         approval = Approval(req.id, approved, by, req.reason, Decision.model_validate(decision_ev.data))
         with self._tool_span(call) as span:
-            result = self._proxy.call(
-                call, policy=self._policy, recorder=self._journal, deps=self._deps, run=info or self._info(),
-                approval=approval,
-            )
+            result = self._pipeline.execute_approved(call, self._scope(info or self._info()), approval)
             self._end_tool_span(span, result, wait_s=_seconds_between(req.requested_at, req.decided_at))
         return result
 

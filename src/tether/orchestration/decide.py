@@ -8,6 +8,7 @@ from typing import Any
 
 from tether.guardrails.approvals import ApprovalInbox, ApprovalRequest
 from tether.orchestration.runtime import RunResult, Runtime
+from tether.orchestration.session import is_session
 from tether.orchestration.workflow import load
 from tether.record import runs as store
 from tether.record.db import Database
@@ -44,7 +45,12 @@ def decide_and_resume(
     if check is not None:
         check(pending)
     with db.read() as conn:
-        wf = load(store.get_run(conn, pending.run_id).workflow_ref)  # fails before anything is decided
+        ref = store.get_run(conn, pending.run_id).workflow_ref
+    if is_session(ref):  # the call waits in its session: session.wait / resume_call carries it out
+        req = inbox.decide(approval_id, approve=approve, by=by, reason=reason)
+        note = None if req.status == "pending" else f"session {req.run_id} carries the call out when it resumes it"
+        return Decided(req, None, note)
+    wf = load(ref)  # fails before anything is decided
     req = inbox.decide(approval_id, approve=approve, by=by, reason=reason)
     if req.status == "pending":  # more approvers needed: the run keeps waiting
         return Decided(req, None)

@@ -23,14 +23,18 @@ from tether.models.meter import RunMeter
 from tether.models.prices import load_prices
 from tether.orchestration._journal import MemoryJournal
 from tether.orchestration.context import EndRun, RunContext, Sleep, Suspend
+from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether.orchestration.runtime import drive
+from tether.orchestration.session import is_session, recorded_tool
 from tether.orchestration.workflow import Workflow, load
 from tether.record import runs as store
 from tether.record.canonical import digest
 from tether.record.db import Database
 from tether.tools.calls import ToolCall
-from tether.tools.proxy import Approval, Outcome, ToolProxy
+from tether.tools.proxy import Outcome, ToolProxy
+from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Tool, ToolContext
+from tether.types import Approval, RunInfo
 
 
 class ReplayGap(TetherError):
@@ -180,7 +184,7 @@ class _Recording:
         return queue.pop(0)
 
     def execute(self, t: Tool, ctx: ToolContext[Any], args: Any) -> Outcome:
-        queue = self.results.get(digest([t.name, args.model_dump(mode="json")]))
+        queue = self.results.get(digest([t.name, t.dump(args)]))
         if not queue:
             raise ReplayGap(f"step {ctx.step}: {t.name} with these arguments was never executed in run {self.run_id}; "
                             "replay does not call live systems")  # fmt: skip
@@ -248,6 +252,8 @@ def replay(
             )
         events = store.load_events(conn, run_id)
         source, text = store.policy_text(conn, row.policy_hash)
+    if is_session(row.workflow_ref):
+        return _replay_session(db, row, events, policy or policy_from_text(text, source))
     if row.status == "running":
         raise RunNotFound(f"run {run_id} is still running; replay a run that has paused or ended")
     wf = workflow or load(row.workflow_ref)
@@ -255,13 +261,13 @@ def replay(
     pol = policy or policy_from_text(text, source)
     recording = _Recording(run_id, events)
     journal = MemoryJournal(db, run_id, [])
-    proxy = ToolProxy(wf.tools, executor=recording.execute)
+    proxy = CallPipeline(ToolProxy(wf.tools, executor=recording.execute))
     model = _RecordedModel(recording)
     # The ceiling the run ran under (recorded since 0010): a run that ended on it ends there again.
     meter = _ReplayMeter(recording, row.cost_ceiling_usd) if row.cost_ceiling_usd is not None else None
     ctx = RunContext(
         run_id=run_id, workflow=wf, input=wf.parse_input(row.input), tenant=row.tenant, started_by=row.started_by,
-        journal=journal, proxy=proxy, policy=pol, deps=None, model=lambda: model, approval_source=recording.approval,
+        journal=journal, pipeline=proxy, policy=pol, deps=None, model=lambda: model, approval_source=recording.approval,
         history=recording.novel, meter=meter, clock=None, timer_source=recording.timer_fired,
     )  # fmt: skip
     ctx.finishable = {e.call_id for e in events if e.kind == "result" and e.call_id}
@@ -311,6 +317,54 @@ def replay(
 
 
 _OUTSIDE_ENDINGS = ("deadline_exceeded", "halted", "cost_ceiling")
+
+
+def _replay_session(db: Database, row: Any, events: list[store.Event], pol: Policy) -> ReplayReport:
+    """A session has no code to run again: its agent lives elsewhere. Each recorded call is proposed
+    again, in order, under `pol`, answered from the recording. A call the new policy would let
+    through that the session never executed has no recorded result: it shows as proposed (an
+    action the agent would have seen differently), and replay goes on with the next call."""
+    tools = ToolRegistry([recorded_tool(d, _not_live) for d in row.input.get("tools", [])])
+    recording = _Recording(row.id, events)
+    by_call = {e.call_id: e.data for e in events if e.kind == "approval" and e.call_id}
+    journal = MemoryJournal(db, row.id, [])
+    pipeline = CallPipeline(ToolProxy(tools, executor=recording.execute))
+    seen: set[str] = set()
+    try:
+        for e in events:
+            if e.kind != "proposal" or not e.call_id or e.call_id in seen:
+                continue
+            seen.add(e.call_id)
+            d = e.data
+            call = ToolCall(call_id=e.call_id, tool=d["tool"], args=d["args"], proposer=d["proposer"],
+                            risk_context=d.get("risk_context") or {}, provenance=d.get("provenance"), facts=d.get("facts") or {})  # fmt: skip
+            journal.step, journal.state = e.step, e.state
+            scope = CallScope(RunInfo(row.id, e.step, row.tenant), pol, journal)
+            try:
+                result = pipeline.propose(call, scope)
+                a = by_call.get(e.call_id)
+                if result.status == "pending_approval" and a is not None and result.decision is not None:
+                    journal.approval_applied(call, a["approval_id"], a["approved"], a["by"])
+                    pipeline.execute_approved(call, scope, Approval(a["approval_id"], a["approved"], a["by"] or "", None,
+                                                                    result.decision))  # fmt: skip
+            except ReplayGap:
+                continue
+    finally:
+        pipeline.close()
+    original, replayed = actions(events), actions(journal.events())
+    diff = _diff(original, replayed)
+    first = next((x.step for x in diff if x.kind != "same"), None)
+    counts = {k: sum(x.kind == k for x in diff) for k in ("same", "changed", "added", "missing")}
+    return ReplayReport(
+        run_id=row.id, workflow=row.workflow, original_status=row.status, replay_status=row.status, same=first is None,
+        first_divergence=first, diff=diff, stopped=None, policy_hash=pol.hash, original_policy_hash=row.policy_hash,
+        workflow_version=row.workflow_version, original_workflow_version=row.workflow_version, error=row.error,
+        counts=counts, cost_ceiling_usd=row.cost_ceiling_usd,
+    )  # fmt: skip
+
+
+def _not_live(args: Any) -> Any:
+    raise ReplayGap("replay does not call live systems")
 
 
 def _run(wf: Workflow[Any, Any], ctx: RunContext[Any, Any]) -> tuple[str, str | None]:

@@ -41,6 +41,7 @@ from tether.models.prices import load_prices
 from tether.orchestration import rollout
 from tether.orchestration._journal import Journal
 from tether.orchestration.context import EndRun, RunContext, Sleep, Suspend
+from tether.orchestration.pipeline import CallPipeline
 from tether.orchestration.workflow import End, Workflow, load
 from tether.record import ledger
 from tether.record import runs as store
@@ -96,11 +97,10 @@ class Runtime:
     model: Callable[[], Model] | None = None
     _deps: dict[str, Any] = field(default_factory=dict)
     _models: dict[str, Model] = field(default_factory=dict)
-    _proxies: dict[str, ToolProxy] = field(default_factory=dict)
+    _pipelines: dict[str, CallPipeline] = field(default_factory=dict)
     _linted: set[tuple[str, str]] = field(default_factory=set)
     tracing: Tracing | None = None
     secrets: Any = None  # a tether.tools.secrets.SecretStore for the tools (default: the environment)
-    _known: set[tuple[str, str]] = field(default_factory=set)
     cost_ceiling_usd: float | None = None  # per run; else the workflow's, else $TETHER_COST_CEILING_USD
     prices: Any = None  # a tether.models.prices.PriceTable (default: built-in, plus $TETHER_PRICES)
 
@@ -277,7 +277,7 @@ class Runtime:
             return _result_from_row(store.get_run(conn, run_id))
 
     def close(self) -> None:
-        for p in self._proxies.values():
+        for p in self._pipelines.values():
             p.close()
         if self.tracing is not None:
             self.tracing.flush()
@@ -328,7 +328,7 @@ class Runtime:
             journal.set_run_values(trace_id=ids(root)[0], root_span_id=ids(root)[1])
         ctx = RunContext(
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
-            journal=journal, proxy=self._proxy(workflow), policy=policy, deps=self._deps_for(workflow),
+            journal=journal, pipeline=self._pipeline(workflow), policy=policy, deps=self._deps_for(workflow),
             model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
             meter=self._meter(workflow, recorded, run_id), timer_due=timer_due,
         )  # fmt: skip
@@ -433,19 +433,7 @@ class Runtime:
         return RunResult(run_id, workflow.name, status, None, journal.step, error, None)
 
     def _novel(self, tenant: str, tool: str) -> bool:
-        """Whether `tool` was never executed for `tenant` (a risk feature); known tools are cached."""
-        if (tenant, tool) in self._known:
-            return False
-        with self.db.read() as conn:
-            seen = conn.execute(
-                sa.select(run_events.c.run_id).join(runs_table, runs_table.c.id == run_events.c.run_id)
-                .where(runs_table.c.tenant == tenant, run_events.c.kind == "result",
-                       run_events.c.data["tool"].as_string() == tool, run_events.c.data["status"].as_string() == "ok")
-                .limit(1)
-            ).first()  # fmt: skip
-        if seen:
-            self._known.add((tenant, tool))
-        return seen is None
+        return tool_is_novel(self.db, tenant, tool)
 
     def _meter(self, workflow: Workflow[Any, Any], recorded: list[store.Event], run_id: str = "") -> RunMeter:
         if self.prices is None:
@@ -461,7 +449,7 @@ class Runtime:
         """Build what driving the run needs before it is claimed: a failure here (a bad price
         table or ceiling, a broken dependency) leaves the run as it was, not held by nobody."""
         self._deps_for(workflow)
-        self._proxy(workflow)
+        self._pipeline(workflow)
         self._tracing()
         if self.prices is None:
             self.prices = load_prices()
@@ -488,14 +476,11 @@ class Runtime:
 
     # -- per-workflow-version singletons ------------------------------------------
     # Keyed by version too: a rollout runs a candidate and the stable version side by side.
-    def _proxy(self, workflow: Workflow[Any, Any]) -> ToolProxy:
+    def _pipeline(self, workflow: Workflow[Any, Any]) -> CallPipeline:
         key = version_key(workflow)
-        if key not in self._proxies:
-            from tether.tools.credentials import Credentials
-
-            self._proxies[key] = ToolProxy(workflow.tools, credentials=Credentials(self.db), secrets=self.secrets,
-                                           limiter=SharedRateLimiter(self.db), budgets=budgets.ActionBudgets(self.db))  # fmt: skip
-        return self._proxies[key]
+        if key not in self._pipelines:
+            self._pipelines[key] = governed_pipeline(self.db, workflow.tools, self.secrets)
+        return self._pipelines[key]
 
     def _deps_for(self, workflow: Workflow[Any, Any]) -> Any:
         if workflow.deps_factory is None:
@@ -514,6 +499,34 @@ class Runtime:
                 raise WorkflowError(f"workflow {workflow.name} asks a model but none is configured")
             self._models[key] = factory()
         return self._models[key]
+
+
+_KNOWN: set[tuple[str, str, str]] = set()  # (database, tenant, tool) seen executed: that never changes back
+
+
+def tool_is_novel(db: Database, tenant: str, tool: str) -> bool:
+    """Whether `tool` was never executed for `tenant` (a risk feature); known tools are cached."""
+    if (str(db.url), tenant, tool) in _KNOWN:
+        return False
+    with db.read() as conn:
+        seen = conn.execute(
+            sa.select(run_events.c.run_id).join(runs_table, runs_table.c.id == run_events.c.run_id)
+            .where(runs_table.c.tenant == tenant, run_events.c.kind == "result",
+                   run_events.c.data["tool"].as_string() == tool, run_events.c.data["status"].as_string() == "ok")
+            .limit(1)
+        ).first()  # fmt: skip
+    if seen:
+        _KNOWN.add((str(db.url), tenant, tool))
+    return seen is None
+
+
+def governed_pipeline(db: Database, tools: Any, secrets: Any = None) -> CallPipeline:
+    """The live call path on `db`: credentials minted from its key, limits and action budgets shared
+    through it (every process on the same store draws from the same buckets)."""
+    from tether.tools.credentials import Credentials
+
+    proxy = ToolProxy(tools, credentials=Credentials(db), secrets=secrets)
+    return CallPipeline(proxy, limiter=SharedRateLimiter(db), budgets=budgets.ActionBudgets(db))
 
 
 def due_timers(

@@ -201,7 +201,7 @@ class Workflow(Generic[InputT, DepsT]):
             h.update(f"|{t.name}|".encode())
             if t.untrusted_output:
                 h.update(f"untrusted:{t.untrusted_output}|".encode())
-            h.update(_source(t._fn).encode())
+            h.update(_source(t.code).encode())
             if t.compensate:
                 h.update(f"undo:{t.compensate[0]}|".encode() + _source(t.compensate[1]).encode())
         return h.hexdigest()[:16]
@@ -230,6 +230,9 @@ def load(ref: str) -> Workflow[Any, Any]:
     from importlib.metadata import entry_points
 
     target = ref
+    if ref.startswith("session:"):  # a session's run: its agent continues it (Session.reopen), no code to load
+        raise WorkflowError(f"{ref!r} is a governed session, not a workflow; the agent that opened it continues it "
+                            "(tether.Session.reopen)")
     if ":" not in ref:
         found = [ep for ep in entry_points(group="tether.workflows") if ep.name == ref]
         if not found:

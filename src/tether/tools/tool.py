@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tether.errors import ToolError
+from tether.errors import InvalidArguments, ToolError
 
 DepsT = TypeVar("DepsT")
-_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
 class Args(BaseModel):
@@ -113,9 +112,13 @@ class RetryPolicy:
 
 @dataclass(frozen=True, eq=False)
 class Tool:
+    """A tool: its name, argument schema, risk features and function. Build one with `@tool`,
+    `Tool.from_function` (a plain typed function) or `Tool.from_schema` (a JSON Schema, as MCP
+    and OpenAPI describe tools). Only a governed call (a workflow's or a session's) runs it."""
+
     name: str
     description: str
-    args_model: type[BaseModel]
+    args_model: type[BaseModel] | None  # None for a tool described by JSON Schema alone
     timeout_s: float | None
     side_effect: bool
     schema: dict[str, Any]
@@ -131,10 +134,120 @@ class Tool:
     compensate: tuple[str, Compensation] | None
     _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
     _validator: jsonschema.protocols.Validator = field(repr=False)
+    _code: Callable[..., Any] | None = field(default=None, repr=False)  # the author's function (its source versions a workflow)
 
     def spec(self) -> dict[str, Any]:
         """The tool as a model sees it: name, description, JSON Schema of its arguments."""
         return {"name": self.name, "description": self.description, "parameters": self.schema}
+
+    def validate(self, args: Mapping[str, Any]) -> Any:
+        """The arguments parsed as the function takes them (its pydantic model, or a dict for a
+        schema-described tool), or InvalidArguments naming the first argument at fault."""
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(dict(args)))
+        if error is not None:
+            path = ".".join(str(p) for p in error.absolute_path)
+            raise _invalid(self.name, path, error.message)
+        if self.args_model is None:
+            return dict(args)
+        try:
+            return self.args_model.model_validate(dict(args))
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise _invalid(self.name, ".".join(str(p) for p in first["loc"]), first["msg"]) from None
+
+    def dump(self, parsed: Any) -> dict[str, Any]:
+        """Validated arguments as plain JSON (defaults filled): what the gate decides on."""
+        return parsed.model_dump(mode="json", by_alias=True) if isinstance(parsed, BaseModel) else dict(parsed)
+
+    def execute(self, ctx: ToolContext[Any], parsed: Any) -> Any:
+        """Run the function on validated arguments. The governed call path is the only caller:
+        calling it yourself bypasses the gate, the ledger and the credential."""
+        return self._fn(ctx, parsed)
+
+    @property
+    def code(self) -> Callable[..., Any]:
+        """The author's function, whose source versions the workflows that use the tool."""
+        return self._code or self._fn
+
+    @classmethod
+    def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, **options: Any) -> Tool:
+        """A tool from a plain typed function: its parameters become the arguments (types and
+        defaults from the signature, descriptions from the docstring). A parameter annotated
+        `ToolContext` receives the call's context; no other parameter is injected. `options`
+        are those of `@tool` (timeout_s, side_effect, risk_tier, target, ...)."""
+        from tether.tools._functions import function_args
+
+        if not callable(fn):
+            raise ToolError(f"tool {name}: {fn!r} is not callable")
+        tool_name = name or fn.__name__
+        _check_name(tool_name, _OUTSIDE_NAME)
+        model, description, call = function_args(fn, tool_name)
+        options.setdefault("description", description)
+        return _build(tool_name, model, model.model_json_schema(), call, code=fn, **options)
+
+    @classmethod
+    def from_schema(
+        cls, name: str, json_schema: Mapping[str, Any], fn: Callable[..., Any], *, strict: bool = True, **options: Any
+    ) -> Tool:
+        """A tool described by a JSON Schema (an MCP tool's `inputSchema`, an OpenAPI operation's
+        body). Every call is validated against the schema; `fn(args)` or `fn(ctx, args)` gets the
+        arguments as a dict. With `strict` (the default) an object schema that lists properties
+        and says nothing of others refuses unknown fields, as tether's own tools do."""
+        _check_name(name, _OUTSIDE_NAME)
+        if not isinstance(json_schema, Mapping):
+            raise ToolError(f"tool {name}: its schema must be a JSON object, got {type(json_schema).__name__}")
+        schema = _closed(dict(json_schema)) if strict else dict(json_schema)
+        if schema.get("type", "object") != "object":
+            raise ToolError(f"tool {name}: its schema must describe an object of arguments, got type {schema.get('type')!r}")
+        schema.setdefault("type", "object")
+        call = _schema_call(fn, name)
+        return _build(name, None, schema, call, code=fn, check_closed=False, **options)
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")  # @tool: family.action, or a plain action
+# Tools described elsewhere (a function, an MCP server) keep their names: MCP's character set.
+_OUTSIDE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_][A-Za-z0-9_\-]*)*$")
+
+
+def _check_name(name: str, pattern: re.Pattern[str]) -> None:
+    if not isinstance(name, str) or len(name) > 128 or not pattern.match(name):
+        shape = "lowercase, dot-separated" if pattern is _NAME else "letters, digits, _ and -, dot-separated, at most 128"
+        raise ToolError(f"tool name {name!r} must look like 'family.action' or 'action' ({shape})")
+
+
+def _closed(schema: Any) -> Any:
+    """A copy where every object schema with properties and no word on others refuses unknown fields."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out and out.get("type", "object") == "object":
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+def _schema_call(fn: Callable[..., Any], name: str) -> Callable[[ToolContext[Any], Any], Any]:
+    if not callable(fn):
+        raise ToolError(f"tool {name}: {fn!r} is not callable")
+    params = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) == 2:
+        return _sync(fn, name, with_ctx=True)
+    if len(params) == 1:
+        return _sync(fn, name, with_ctx=False)
+    raise ToolError(f"tool {name}: its function must take (args) or (ctx, args), got {[p.name for p in params]}")
+
+
+def _sync(fn: Callable[..., Any], name: str, *, with_ctx: bool) -> Callable[[ToolContext[Any], Any], Any]:
+    """(ctx, args) -> output. An `async def` runs to completion on its own event loop, in the
+    proxy's worker thread, so it works whether or not the caller runs an event loop."""
+    if inspect.iscoroutinefunction(fn):
+        import asyncio
+
+        if with_ctx:
+            return lambda ctx, args: asyncio.run(fn(ctx, args))
+        return lambda ctx, args: asyncio.run(fn(args))
+    return fn if with_ctx else (lambda ctx, args: fn(args))
 
 
 def _closed_objects(schema: Any, where: str = "") -> str | None:
@@ -180,18 +293,10 @@ def tool(
     max_backoff_s: float = 10.0,
     compensate: tuple[str, Compensation] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
-    """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs)."""
-    if not _NAME.match(name):
-        raise ToolError(f"tool name {name!r} must look like 'family.action' (lowercase, dot-separated)")
-    if timeout_s is not None and timeout_s <= 0:
-        raise ToolError(f"tool {name}: timeout_s must be positive")
-    if risk_tier not in ("low", "medium", "high", "critical"):
-        raise ToolError(f"tool {name}: risk_tier must be low, medium, high or critical")
-    if retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
-        raise ToolError(f"tool {name}: retries and backoff_s must be >= 0 and max_backoff_s >= backoff_s")
-    retry = RetryPolicy(retries + 1, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s)
-    if compensate is not None and not (len(compensate) == 2 and _NAME.match(compensate[0]) and callable(compensate[1])):
-        raise ToolError(f"tool {name}: compensate must be (tool name, function of (args, output, key) -> args)")
+    """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs); an `async def`
+    works too. For a plain function without `ctx`, see `Tool.from_function`."""
+    _check_name(name, _NAME)
+    _check_options(name, timeout_s, risk_tier, retries, backoff_s, max_backoff_s, compensate)
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         params = list(inspect.signature(fn).parameters)
@@ -200,32 +305,92 @@ def tool(
         args_model = _annotation(fn, params[1], sys._getframe(1).f_locals)
         if not (isinstance(args_model, type) and issubclass(args_model, BaseModel)):
             raise ToolError(f"tool {name}: the 'args' parameter must be annotated with a pydantic model")
-        schema = args_model.model_json_schema()
-        for what, arg in (("target", target), ("risk_amount", risk_amount), ("risk_volume", risk_volume)):
-            if arg is not None and arg not in schema.get("properties", {}):
-                raise ToolError(f"tool {name}: {what} {arg!r} is not one of its arguments")
+        return _build(name, args_model, args_model.model_json_schema(), _sync(fn, name, with_ctx=True), code=fn,
+                      description=description, timeout_s=timeout_s, side_effect=side_effect, target=target,
+                      risk_tier=risk_tier, risk_amount=risk_amount, risk_volume=risk_volume,
+                      untrusted_output=untrusted_output, retries=retries, retry_on=retry_on,
+                      retry_timeouts=retry_timeouts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                      compensate=compensate)  # fmt: skip
+
+    return wrap
+
+
+def _build(
+    name: str,
+    args_model: type[BaseModel] | None,
+    schema: dict[str, Any],
+    fn: Callable[[ToolContext[Any], Any], Any],
+    *,
+    code: Callable[..., Any],
+    check_closed: bool = True,
+    description: str | None = None,
+    timeout_s: float | None = 10.0,
+    side_effect: bool = True,
+    target: str | None = None,
+    risk_tier: str = "medium",
+    risk_amount: str | None = None,
+    risk_volume: str | None = None,
+    untrusted_output: bool | tuple[str, ...] = False,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
+    retry_timeouts: bool = False,
+    backoff_s: float = 0.2,
+    max_backoff_s: float = 10.0,
+    compensate: tuple[str, Compensation] | None = None,
+) -> Tool:
+    """Every way of declaring a tool ends here: one set of checks, one shape."""
+    _check_options(name, timeout_s, risk_tier, retries, backoff_s, max_backoff_s, compensate)
+    if inspect.iscoroutinefunction(code) and timeout_s is None:
+        raise ToolError(f"tool {name}: an async tool needs a timeout_s (it runs on its own event loop in a worker thread)")
+    for what, arg in (("target", target), ("risk_amount", risk_amount), ("risk_volume", risk_volume)):
+        if arg is not None and arg not in schema.get("properties", {}):
+            raise ToolError(f"tool {name}: {what} {arg!r} is not one of its arguments")
+    if check_closed:
         open_at = _closed_objects(schema)
         if open_at:
             raise ToolError(f"tool {name}: {open_at} accepts unknown fields; derive it from tether.Args")
-        validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls = jsonschema.validators.validator_for(schema)
+    try:
         validator_cls.check_schema(schema)
-        doc = inspect.getdoc(fn) or ""
-        return Tool(
-            name=name,
-            description=description or doc.split("\n\n")[0].strip() or name,
-            args_model=args_model,
-            timeout_s=timeout_s,
-            side_effect=side_effect,
-            schema=schema,
-            target=target,
-            risk_tier=risk_tier,
-            risk_amount=risk_amount,
-            risk_volume=risk_volume,
-            untrusted_output=untrusted_output if isinstance(untrusted_output, bool) else tuple(untrusted_output),
-            retry=retry,
-            compensate=compensate,
-            _fn=fn,
-            _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
-        )
+    except jsonschema.SchemaError as e:
+        raise ToolError(f"tool {name}: its argument schema is not valid JSON Schema: {e.message}") from None
+    doc = inspect.getdoc(code) or ""
+    return Tool(
+        name=name,
+        description=description or doc.split("\n\n")[0].strip() or name,
+        args_model=args_model,
+        timeout_s=timeout_s,
+        side_effect=side_effect,
+        schema=schema,
+        target=target,
+        risk_tier=risk_tier,
+        risk_amount=risk_amount,
+        risk_volume=risk_volume,
+        untrusted_output=untrusted_output if isinstance(untrusted_output, bool) else tuple(untrusted_output),
+        retry=RetryPolicy(retries + 1, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s),
+        compensate=compensate,
+        _fn=fn,
+        _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
+        _code=code,
+    )
 
-    return wrap
+
+def _check_options(
+    name: str, timeout_s: float | None, risk_tier: str, retries: int, backoff_s: float, max_backoff_s: float,
+    compensate: tuple[str, Compensation] | None,
+) -> None:  # fmt: skip
+    if timeout_s is not None and timeout_s <= 0:
+        raise ToolError(f"tool {name}: timeout_s must be positive")
+    if risk_tier not in ("low", "medium", "high", "critical"):
+        raise ToolError(f"tool {name}: risk_tier must be low, medium, high or critical")
+    if retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
+        raise ToolError(f"tool {name}: retries and backoff_s must be >= 0 and max_backoff_s >= backoff_s")
+    if compensate is not None and not (len(compensate) == 2 and _OUTSIDE_NAME.match(compensate[0]) and callable(compensate[1])):
+        raise ToolError(f"tool {name}: compensate must be (tool name, function of (args, output, key) -> args)")
+
+
+def _invalid(tool: str, path: str, message: str) -> InvalidArguments:
+    """One line naming the tool and the argument; `where` and `detail` for callers with their own format."""
+    e = InvalidArguments(f"invalid arguments for {tool}: {f'argument {path!r}: ' if path else ''}{message}")
+    e.where, e.detail = path, message  # type: ignore[attr-defined]
+    return e

@@ -22,10 +22,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tether.errors import WorkflowError
+from tether.errors import InvalidArguments, WorkflowError
 from tether.orchestration.context import RunContext
 from tether.orchestration.workflow import End, Next, Workflow
 from tether.record.canonical import digest
@@ -185,12 +184,8 @@ def check_plan(steps: Any) -> str | None:
         if s["tool"] not in PLANNER_TOOL_NAMES:
             return f"step {i}: unknown tool {s['tool']!r}"
         t = workflow.tools.get(s["tool"])
-        error = jsonschema.exceptions.best_match(t._validator.iter_errors(s["args"]))
-        if error is not None:
-            where = ".".join(str(p) for p in error.absolute_path)
-            return f"step {i}: {t.name}: {f'argument {where!r}: ' if where else ''}{error.message}"
         try:
-            t.args_model.model_validate(s["args"])
-        except ValidationError as e:
-            return f"step {i}: {t.name}: {e.errors()[0]['msg']}"
+            t.validate(s["args"])
+        except InvalidArguments as e:
+            return f"step {i}: {str(e).removeprefix('invalid arguments for ')}"
     return None

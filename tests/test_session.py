@@ -1,0 +1,255 @@
+"""The governed session: the governed call for an agent loop tether does not own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from tether.cli import cli
+from tether.errors import ApprovalError, InvalidArguments, RunTakenOver, WorkflowError
+from tether.guardrails.policy import PolicySet
+from tether.orchestration.session import Session, SessionClosed
+from tether.record.db import Database
+from tether.record.ledger import Ledger
+from tether.record.tables import approvals, run_events, runs
+from tether.tools.tool import Tool, ToolContext
+
+POLICY_TEXT = """
+policies:
+  - name: big_refund
+    if: {tool: "payments.refund", amount_usd: "> 100"}
+    then: {action: require_human_approval}
+  - name: no_outside_mail
+    if: {tool: "send_email", to: "== \\"evil@example.com\\""}
+    then: {action: deny, reason: "mail to outsiders is not allowed"}
+"""
+POLICY = PolicySet.from_text(POLICY_TEXT)
+
+
+class Bank:
+    def __init__(self) -> None:
+        self.refunds: list[tuple[str, float, str]] = []
+        self.mail: list[str] = []
+
+
+BANK = Bank()
+
+
+def send_email(to: str, body: str) -> dict[str, Any]:
+    """Send an e-mail to a customer.
+
+    Args:
+        to: the recipient's address
+        body: the message
+    """
+    BANK.mail.append(to)
+    return {"sent": True}
+
+
+def refund(ctx: ToolContext[Bank], transaction_id: str, amount_usd: float) -> dict[str, Any]:
+    """Refund a card transaction."""
+    ctx.check_credential(transaction_id)
+    ctx.deps.refunds.append((transaction_id, amount_usd, ctx.idempotency_key))
+    return {"refunded": amount_usd}
+
+
+TOOLS = [Tool.from_function(send_email), Tool.from_function(refund, name="payments.refund", target="transaction_id")]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_bank() -> None:
+    BANK.refunds.clear()
+    BANK.mail.clear()
+
+
+def _open(db: Database, **kw: Any) -> Session:
+    return Session.open(db, tools=TOOLS, policy=POLICY, principal="alice", name="support-agent", deps=BANK, **kw)
+
+
+def _count(db: Database, table: sa.Table) -> int:
+    with db.read() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() or 0
+
+
+def test_a_session_call_goes_through_the_gate_and_is_recorded(db: Database, db_url: str) -> None:
+    with _open(db) as s:
+        ok = s.call("send_email", {"to": "bob@example.com", "body": "Your card is on its way"})
+        denied = s.call("send_email", {"to": "evil@example.com", "body": "the data"})
+        invalid = s.call("send_email", {"to": "bob@example.com"})
+        unknown = s.call("shell.exec", {"cmd": "rm -rf /"})
+        small = s.call("payments.refund", {"transaction_id": "T1", "amount_usd": 40})
+    assert ok.ok and ok.output == {"sent": True} and ok.decision is not None and ok.decision.action == "allow"
+    assert denied.status == "denied" and denied.error == "mail to outsiders is not allowed"
+    assert invalid.status == "invalid" and "'body' is a required property" in (invalid.error or "")
+    assert unknown.status == "invalid" and unknown.error == "unknown tool 'shell.exec'"
+    assert small.ok and BANK.refunds[0][:2] == ("T1", 40.0) and BANK.mail == ["bob@example.com"]
+    assert s.status == "completed"
+    # A session is a run: listed, shown, ledgered, and its ledger verifies.
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["runs", "--db", db_url])
+    assert listed.exit_code == 0 and s.id in listed.output and "support-agent" in listed.output
+    shown = runner.invoke(cli, ["runs", "show", s.id, "--json", "--db", db_url])
+    assert shown.exit_code == 0, shown.output
+    body = json.loads(shown.output)
+    assert body["run"]["status"] == "completed" if "run" in body else body["status"] == "completed"
+    assert Ledger(db).verify().ok
+    with db.read() as conn:
+        kinds = [r.kind for r in conn.execute(sa.select(run_events.c.kind).where(run_events.c.run_id == s.id).order_by(run_events.c.seq))]
+    assert kinds.count("proposal") == 5 and kinds.count("result") == 5 and kinds[-1] == "end"
+    traced = runner.invoke(cli, ["runs", "show", s.id, "--trace", "--json", "--db", db_url])
+    assert traced.exit_code == 0 and "execute_tool payments.refund" in traced.output
+
+
+def test_an_approval_pauses_the_call_not_the_session(db: Database, db_url: str) -> None:
+    s = _open(db)
+    big = s.call("payments.refund", {"transaction_id": "T9", "amount_usd": 500})
+    assert big.status == "pending_approval" and big.approval_id and BANK.refunds == []
+    assert s.status == "waiting_approval" and s.pending() == [big.approval_id]
+    assert s.call("send_email", {"to": "bob@example.com", "body": "we are on it"}).ok  # the session goes on
+    assert s.wait(big.approval_id, timeout=0.05).status == "pending_approval"  # nobody decided yet
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["approvals", "approve", big.approval_id, "--as", "alice", "--db", db_url])
+    assert refused.exit_code != 0 and "started run" in refused.output  # segregation of duties, as for workflows
+    decided = runner.invoke(cli, ["approvals", "approve", big.approval_id, "--as", "bob", "--db", db_url])
+    assert decided.exit_code == 0, decided.output
+    done = s.wait(big.approval_id, timeout=5)
+    assert done.ok and done.approval_id == big.approval_id and BANK.refunds[0][:2] == ("T9", 500.0)
+    assert s.status == "running" and s.pending() == []
+    with pytest.raises(ApprovalError, match="already carried out"):
+        s.resume_call(big.approval_id)
+    with pytest.raises(ApprovalError, match="no call of session"):
+        s.resume_call("apr_doesnotexist")
+    s.close()
+
+
+def test_a_rejected_call_ends_rejected_and_runs_nothing(db: Database) -> None:
+    from tether.guardrails.approvals import ApprovalInbox
+
+    s = _open(db)
+    big = s.call("payments.refund", {"transaction_id": "T9", "amount_usd": 500})
+    ApprovalInbox(db).decide(big.approval_id or "", approve=False, by="bob", reason="no receipt")
+    r = s.resume_call(big.approval_id or "")
+    assert r.status == "rejected" and r.error == "rejected by bob: no receipt" and BANK.refunds == []
+    s.close()
+
+
+_ELSEWHERE = """
+import sys
+sys.path.insert(0, {tests!r})
+from tether.record.db import Database
+import test_session as t
+s = t.Session.open(Database({url!r}), tools=t.TOOLS, policy=t.POLICY, principal="alice", name="support-agent", deps=t.BANK)
+r = s.call("payments.refund", {{"transaction_id": "T7", "amount_usd": 700}})
+print(s.id, r.approval_id)
+"""
+
+
+def test_a_session_survives_its_process_and_is_reopened_by_id(db: Database, db_url: str) -> None:
+    script = _ELSEWHERE.format(tests=str(Path(__file__).parent), url=db_url)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    session_id, approval_id = out.stdout.split()
+    from tether.guardrails.approvals import ApprovalInbox
+
+    ApprovalInbox(db).decide(approval_id, approve=True, by="bob")
+    s = Session.reopen(db, session_id, tools=TOOLS, deps=BANK)
+    assert s.pending() == [approval_id] and s.principal == "alice"
+    r = s.resume_call(approval_id)
+    assert r.ok and BANK.refunds[0][:2] == ("T7", 700.0)
+    s.close()
+    assert Ledger(db).verify().ok
+
+
+def test_reopening_takes_the_session_over(db: Database) -> None:
+    first = _open(db)
+    second = Session.reopen(db, first.id, tools=TOOLS, deps=BANK)
+    before = _count(db, run_events)
+    with pytest.raises(RunTakenOver, match="reopened by another process"):
+        first.call("send_email", {"to": "bob@example.com", "body": "x"})
+    assert _count(db, run_events) == before and BANK.mail == []  # the old holder wrote and sent nothing
+    assert second.call("send_email", {"to": "bob@example.com", "body": "x"}).ok
+    with pytest.raises(WorkflowError, match="other tools"):
+        Session.reopen(db, first.id, tools=TOOLS[:1])
+    second.close()
+
+
+def test_bad_calls_are_refused_whole(db: Database) -> None:
+    s = _open(db)
+    before = (_count(db, run_events), _count(db, runs))
+    with pytest.raises(InvalidArguments, match="expected a JSON object, got list"):
+        s.call("send_email", ["bob@example.com"])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArguments, match="not JSON"):
+        s.call("send_email", {"to": object(), "body": "x"})
+    assert (_count(db, run_events), _count(db, runs)) == before
+    s.close()
+    with pytest.raises(SessionClosed, match="has ended"):
+        s.call("send_email", {"to": "bob@example.com", "body": "x"})
+    with pytest.raises(SessionClosed, match="has ended"):
+        Session.reopen(db, s.id, tools=TOOLS)
+    with pytest.raises(WorkflowError, match="not 'halted'"):
+        _open(db).close("halted")
+
+
+def test_a_killed_session_halts_and_refuses_calls(db: Database, db_url: str) -> None:
+    s = _open(db)
+    pending = s.call("payments.refund", {"transaction_id": "T3", "amount_usd": 300})
+    res = CliRunner().invoke(cli, ["kill", "support-agent", "--reason", "incident 42", "--db", db_url])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(SessionClosed, match="incident 42"):
+        s.call("send_email", {"to": "bob@example.com", "body": "x"})
+    assert s.status == "halted" and BANK.mail == []
+    with db.read() as conn:
+        status = conn.execute(sa.select(approvals.c.status).where(approvals.c.id == pending.approval_id)).scalar()
+    assert status == "withdrawn"  # a decision arriving later carries nothing out
+    from tether.errors import WorkflowKilled
+
+    with pytest.raises(WorkflowKilled):
+        _open(db)
+
+
+def test_replay_of_a_session_under_another_policy(db: Database, db_url: str, tmp_path: Path) -> None:
+    with _open(db) as s:
+        s.call("send_email", {"to": "bob@example.com", "body": "hello"})
+        s.call("payments.refund", {"transaction_id": "T1", "amount_usd": 40})
+    runner = CliRunner()
+    same = runner.invoke(cli, ["replay", s.id, "--db", db_url])
+    assert same.exit_code == 0, same.output
+    stricter = tmp_path / "stricter.yaml"
+    stricter.write_text("policies:\n  - name: refunds_by_people\n    if: {tool: payments.refund}\n"
+                        "    then: {action: require_human_approval}\n")  # fmt: skip
+    diff = runner.invoke(cli, ["replay", s.id, "--policies", str(stricter), "--json", "--db", db_url])
+    assert diff.exit_code == 3, diff.output
+    report = json.loads(diff.output)
+    assert report["counts"] == {"same": 1, "changed": 1, "added": 0, "missing": 0}
+    changed = next(d for d in report["diff"] if d["kind"] == "changed")
+    assert changed["replayed"]["tool"] == "payments.refund" and changed["replayed"]["decision"] == "require_human_approval"
+
+
+def test_a_session_is_not_resumed_like_a_workflow(db: Database, db_url: str) -> None:
+    s = _open(db)
+    res = CliRunner().invoke(cli, ["runs", "resume", s.id, "--db", db_url])
+    assert res.exit_code != 0 and "governed session" in res.output
+    s.close()
+
+
+def test_trusted_text_the_user_wrote_vouches_for_a_value(db: Database) -> None:
+    gated = PolicySet.from_text("policies:\n  - name: untrusted_recipient\n    if: {tool: send_email, provenance.to: '== untrusted'}\n"
+                                "    then: {action: require_human_approval}\n")  # fmt: skip
+    s = Session.open(db, tools=TOOLS, policy=gated, principal="alice", name="mailer")
+    assert s.call("send_email", {"to": "carol@example.com", "body": "hi"}).status == "pending_approval"
+    # The user's own request, as the agent's front end received it (a field holding the address).
+    s.label({"request": "Please write to Carol about my card", "recipient": "carol@example.com"}, "user", "trusted")
+    r = s.call("send_email", {"to": "carol@example.com", "body": "hi again"})
+    assert r.ok and r.decision is not None and "to" not in r.decision.untrusted_args
+    # The label is journaled: a reopened session knows it too.
+    again = Session.reopen(db, s.id, tools=TOOLS)
+    assert again.call("send_email", {"to": "carol@example.com", "body": "third"}).ok
+    again.close()
