@@ -16,7 +16,6 @@ from tether import Choice, DecisionRequest, End, Runtime, Usage, Workflow
 from tether.cli import cli
 from tether.memory.embed import HashingEmbedder
 from tether.memory.store import ObservationLog, VectorStore
-from tether.memory.tool import retrieval_tool
 from tether.models.base import CallContext, call_context
 from tether.models.cache import AnswerCache, CachedModel
 from tether.models.compression import compress, tokens
@@ -24,6 +23,7 @@ from tether.orchestration.replay import replay
 from tether.record.db import Database
 from tether.record.metrics import exposition
 from tether.record.tables import model_calls, observations
+from tether.tools.retrieval import retrieval_tool
 
 
 class Counting:

@@ -17,9 +17,9 @@ from tether import End, Runtime, Workflow
 from tether.cli import cli
 from tether.errors import TetherError
 from tether.memory.store import ObservationLog, VectorStore
-from tether.memory.tool import retrieval_tool
 from tether.orchestration.replay import replay
 from tether.record.db import Database
+from tether.tools.retrieval import retrieval_tool
 
 CORPUS = [
     ("Cards arrive within 5 working days of ordering", {"doc": "card-arrival"}),

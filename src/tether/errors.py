@@ -1,12 +1,74 @@
-"""Errors that cross layers. Each message is one line a person can act on."""
+"""Errors that cross layers. Each message is one line a person can act on.
+
+The tree (a class with two bases is drawn under both; tests/test_errors.py checks
+this drawing against the classes, so keep it exact):
+
+    Exception
+        TetherError
+            NotFound                the thing named does not exist (HTTP 404)
+                RunNotFound
+                UnknownTool
+                WorkflowNotFound
+                RolloutNotFound
+                ApprovalNotFound
+            Conflict                the current state forbids the change (HTTP 409)
+                WorkflowKilled
+                ApprovalConflict
+            Forbidden               the caller may not do this (HTTP 403)
+                AccessDenied
+                ApprovalForbidden
+            PolicyError
+            ToolError
+                UnknownTool
+                InvalidArguments
+            WorkflowError
+                NonDeterminismError
+                WorkflowKilled
+                WorkflowNotFound
+                RolloutNotFound
+            StoreError
+            LedgerError
+            ApprovalError
+                ApprovalNotFound
+                ApprovalConflict
+                ApprovalForbidden
+            RunTakenOver
+        Retryable
+
+`NotFound`, `Conflict` and `Forbidden` say what kind of refusal an error is, so
+callers (the REST API's status codes) decide by class, never by message text.
+Layers define their own subclasses of these (SecretError, CredentialError,
+BudgetExceeded, ...) next to the code that raises them.
+"""
 
 from __future__ import annotations
+
+__all__ = [
+    "AccessDenied", "ApprovalConflict", "ApprovalError", "ApprovalForbidden", "ApprovalNotFound", "Conflict",
+    "Forbidden", "InvalidArguments", "LedgerError", "NonDeterminismError", "NotFound", "PolicyError", "Retryable",
+    "RolloutNotFound", "RunNotFound", "RunTakenOver", "StoreError", "TetherError", "ToolError", "UnknownTool",
+    "WorkflowError", "WorkflowKilled", "WorkflowNotFound",
+]  # fmt: skip
 
 
 class TetherError(Exception):
     """Base of every error tether raises on purpose (bad input, refused actions)."""
 
 
+# -- kinds of refusal (mixed into the errors below) --------------------------------
+class NotFound(TetherError):
+    """An id or name that names nothing: no such run, approval, workflow, tool."""
+
+
+class Conflict(TetherError):
+    """A request that the current state refuses: already decided, killed, taken."""
+
+
+class Forbidden(TetherError):
+    """A caller who may not do this: no key, a role not held, segregation of duties."""
+
+
+# -- by area -------------------------------------------------------------------------
 class PolicyError(TetherError):
     """A policy file that cannot be loaded or linted."""
 
@@ -15,7 +77,7 @@ class ToolError(TetherError):
     """A tool definition or tool call that is not acceptable."""
 
 
-class UnknownTool(ToolError):
+class UnknownTool(ToolError, NotFound):
     pass
 
 
@@ -31,6 +93,18 @@ class NonDeterminismError(WorkflowError):
     """Re-executing a run did not reproduce its recorded steps."""
 
 
+class WorkflowNotFound(WorkflowError, NotFound):
+    """A workflow name that is neither registered nor a module:attribute."""
+
+
+class RolloutNotFound(WorkflowError, NotFound):
+    """A rollout step asked for a workflow with no rollout under way."""
+
+
+class WorkflowKilled(WorkflowError, Conflict):
+    """The workflow's kill switch is on: new runs are refused."""
+
+
 class StoreError(TetherError):
     """The database is missing, corrupt, or not a tether database."""
 
@@ -40,18 +114,26 @@ class LedgerError(TetherError):
 
 
 class ApprovalError(TetherError):
-    """An approval decision that is refused (unknown id, self-approval, already decided)."""
+    """An approval decision that is refused; the subclasses say why (a bad name stays plain)."""
 
 
-class RunNotFound(TetherError):
+class ApprovalNotFound(ApprovalError, NotFound):
+    """No approval request with that id."""
+
+
+class ApprovalConflict(ApprovalError, Conflict):
+    """Already decided (or decided by someone else meanwhile), already voted, role already held."""
+
+
+class ApprovalForbidden(ApprovalError, Forbidden):
+    """Segregation of duties (the run's starter, the call's proposer) or a role not held."""
+
+
+class RunNotFound(NotFound):
     pass
 
 
-class WorkflowKilled(WorkflowError):
-    """The workflow's kill switch is on: new runs are refused."""
-
-
-class AccessDenied(TetherError):
+class AccessDenied(Forbidden):
     """An API key that is missing, unknown, revoked, or acting outside its role."""
 
 

@@ -18,7 +18,12 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from tether.errors import ApprovalError
+from tether.errors import (
+    ApprovalConflict,
+    ApprovalError,
+    ApprovalForbidden,
+    ApprovalNotFound,
+)
 from tether.guardrails.policy import ApprovalTier, Decision
 from tether.record import ledger
 from tether.record.db import Database, timestamp
@@ -171,7 +176,7 @@ class ApprovalInbox:
             .where(approvals.c.id == approval_id)
         ).first()
         if row is None:
-            raise ApprovalError(f"no approval request with id {approval_id!r}")
+            raise ApprovalNotFound(f"no approval request with id {approval_id!r}")
         return ApprovalRequest.from_row(row, row.started_by, row.votes)
 
     def decide(self, approval_id: str, *, approve: bool, by: str, reason: str | None = None,
@@ -186,18 +191,18 @@ class ApprovalInbox:
             req = _expire(conn, req, now)
             if req.status != "pending":
                 who = f" by {req.decided_by}" if req.decided_by else ""
-                raise ApprovalError(f"approval {approval_id} was already {req.status}{who}")
+                raise ApprovalConflict(f"approval {approval_id} was already {req.status}{who}")
             if same_principal(by, req.started_by):
-                raise ApprovalError(f"{by} started run {req.run_id} and cannot decide its approvals")
+                raise ApprovalForbidden(f"{by} started run {req.run_id} and cannot decide its approvals")
             if same_principal(by, req.proposer):
-                raise ApprovalError(f"{by} proposed this call and cannot approve it")
+                raise ApprovalForbidden(f"{by} proposed this call and cannot approve it")
             if req.role and not _holds_role(conn, by, req.role, req.tool):
-                raise ApprovalError(f"{by} does not hold role {req.role!r} for {req.tool}")
+                raise ApprovalForbidden(f"{by} does not hold role {req.role!r} for {req.tool}")
             try:
                 conn.execute(approval_votes.insert().values(approval_id=approval_id, voter_key=_key(by), voter=by,
                                                             approve=approve, reason=reason, voted_at=_iso(now)))  # fmt: skip
             except sa.exc.IntegrityError:
-                raise ApprovalError(f"{by} already voted on approval {approval_id}") from None
+                raise ApprovalConflict(f"{by} already voted on approval {approval_id}") from None
             yes = conn.execute(sa.select(sa.func.count()).select_from(approval_votes).where(
                 approval_votes.c.approval_id == approval_id, approval_votes.c.approve.is_(True))).scalar() or 0  # fmt: skip
             ledger.append(conn, "approval_vote",
@@ -212,7 +217,7 @@ class ApprovalInbox:
                     .values(status=status, decided_by=by, decided_at=_iso(now), reason=reason)
                 )
                 if res.rowcount != 1:  # another decider won the race
-                    raise ApprovalError(f"approval {approval_id} was decided by someone else meanwhile")
+                    raise ApprovalConflict(f"approval {approval_id} was decided by someone else meanwhile")
                 ledger.append(conn, "approval_decided",
                               {"approval_id": approval_id, "call_id": req.call_id, "tool": req.tool,
                                "approved": status == "approved", "by": by, "votes": yes}, run_id=req.run_id)  # fmt: skip
@@ -270,7 +275,7 @@ def add_approver(db: Database, name: str, role: str, tools: str) -> None:
         try:
             conn.execute(approvers.insert().values(name_key=_key(name), role=role, name=name, tools=tools, created_at=timestamp()))
         except sa.exc.IntegrityError:
-            raise ApprovalError(f"{name} already holds role {role!r}") from None
+            raise ApprovalConflict(f"{name} already holds role {role!r}") from None
         ledger.append(conn, "approver_added", {"name": name, "role": role, "tools": tools})
 
 

@@ -1,1 +1,1 @@
-"""Memory: an embedded vector store, an append-only observation log, a retrieval tool."""
+"""Memory: an embedded vector store and an append-only observation log (the retrieval tool over them is `tether.tools.retrieval`)."""

@@ -28,19 +28,11 @@ import sqlalchemy as sa
 
 from tether.errors import TetherError
 from tether.record.cachestats import counter
-from tether.record.db import Database, timestamp
+from tether.record.db import Database, pgvector_ready, timestamp
 from tether.record.tables import memory_items, observations
 
 BACKENDS = ("auto", "numpy", "pgvector")
 _SLACK = 8  # candidates past k that both backends re-score, so float noise cannot reorder near-ties
-
-
-def pgvector_ready(db: Database) -> bool:
-    """PostgreSQL with the pgvector side table (made by migration 0010 when the extension could be created)."""
-    if db.engine.dialect.name != "postgresql":
-        return False
-    with db.read() as conn:
-        return bool(conn.exec_driver_sql("SELECT to_regclass('memory_vectors') IS NOT NULL").scalar())
 
 
 def _vector_text(vec: Any) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tether.errors import TetherError
-from tether.tools.secrets import EnvSecrets, SecretError
+from tether.record.secrets import EnvSecrets, SecretError
 
 
 class ModelConfigError(TetherError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tether.errors import WorkflowError, WorkflowKilled
+from tether.errors import RolloutNotFound, WorkflowError, WorkflowKilled
 from tether.orchestration.workflow import Workflow, load
 from tether.record import ledger
 from tether.record.db import Database, timestamp
@@ -155,7 +155,7 @@ def start(db: Database, workflow: str, candidate_ref: str, *, by: str, steps: Se
 def _under_way(conn: sa.Connection, workflow: str) -> Rollout:
     r = _get(conn, workflow)
     if r is None or not r.candidate_ref:
-        raise WorkflowError(f"no rollout under way for {workflow}")
+        raise RolloutNotFound(f"no rollout under way for {workflow}")
     return r
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from tether.errors import WorkflowError
+from tether.errors import WorkflowError, WorkflowNotFound
 from tether.record.runs import CANCELLED, FAILED_STATUSES
 
 _DEFAULT_UNDO = frozenset((*FAILED_STATUSES, CANCELLED))
@@ -237,7 +237,7 @@ def load(ref: str) -> Workflow[Any, Any]:
         found = [ep for ep in entry_points(group="tether.workflows") if ep.name == ref]
         if not found:
             names = sorted(ep.name for ep in entry_points(group="tether.workflows"))
-            raise WorkflowError(f"unknown workflow {ref!r} (registered: {', '.join(names) or 'none'}; or use module:attribute)")
+            raise WorkflowNotFound(f"unknown workflow {ref!r} (registered: {', '.join(names) or 'none'}; or use module:attribute)")
         target = found[0].value
     module_name, _, attr = target.partition(":")
     try:

@@ -164,6 +164,17 @@ class Database:
         self.engine.dispose()
 
 
+def pgvector_ready(db: Database) -> bool:
+    """PostgreSQL with the pgvector side table (made by migration 0010 when the extension could be created).
+
+    Here, not in memory, because the migration that makes the table is record's and
+    `tether metrics` (record) reports it; `tether.memory.store` uses this one."""
+    if db.engine.dialect.name != "postgresql":
+        return False
+    with db.read() as conn:
+        return bool(conn.exec_driver_sql("SELECT to_regclass('memory_vectors') IS NOT NULL").scalar())
+
+
 def _first_line(e: BaseException) -> str:
     text = str(getattr(e, "orig", None) or e)
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__

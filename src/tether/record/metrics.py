@@ -18,7 +18,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from tether.record.db import Database
+from tether.record.db import Database, pgvector_ready
 from tether.record.tables import approvals, model_calls, run_events, runs
 from tether.record.tracing import traceability
 
@@ -124,8 +124,6 @@ class _FromDatabase:
             ratio.add_metric([cache], r["hit_rate"])
         yield lookups
         yield ratio
-        from tether.memory.store import pgvector_ready
-
         backend = GaugeMetricFamily("tether_vector_store_backend", "The vector store's backend on this database (1: in use)",
                                     labels=["backend"])  # fmt: skip
         pg = pgvector_ready(self.db)

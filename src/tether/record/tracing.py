@@ -35,8 +35,8 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from tether.record.secrets import scrub
 from tether.record.tables import spans as spans_table
-from tether.tools.secrets import scrub
 
 RUN_ID = "tether.run.id"
 

@@ -27,12 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tether.errors import (
     AccessDenied,
-    ApprovalError,
+    Conflict,
+    Forbidden,
+    NotFound,
     PolicyError,
-    RunNotFound,
     TetherError,
     WorkflowError,
-    WorkflowKilled,
 )
 from tether.guardrails.approvals import ApprovalInbox, ApprovalRequest
 from tether.orchestration import rollout
@@ -56,20 +56,20 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
+# By class only: the errors say what kind of refusal they are (tether.errors), so
+# rewording a message can never change a status. First match wins.
+_STATUS: tuple[tuple[type[TetherError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (Forbidden, 403),  # segregation of duties, a role or scope not held
+    (WorkflowError, 422),
+    (PolicyError, 422),
+)
+
+
 def _status_for(e: TetherError) -> int:
-    """The HTTP status of an error the layers below raise (by type, and for a few by their fixed wording)."""
-    text = str(e)
-    if isinstance(e, AccessDenied):
-        return 403
-    if isinstance(e, RunNotFound) or text.startswith(("no approval request", "unknown workflow", "no rollout")):
-        return 404
-    if isinstance(e, WorkflowKilled) or (isinstance(e, ApprovalError) and ("already" in text or "meanwhile" in text)):
-        return 409
-    if isinstance(e, ApprovalError):
-        return 403  # segregation of duties, a role not held
-    if isinstance(e, (WorkflowError, PolicyError)):
-        return 422
-    return 400
+    """The HTTP status of an error the layers below raise; 400 for any other TetherError."""
+    return next((status for cls, status in _STATUS if isinstance(e, cls)), 400)
 
 
 # -- request bodies -------------------------------------------------------------

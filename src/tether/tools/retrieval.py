@@ -4,6 +4,8 @@ Going through the proxy is what records it: the hits are the call's result in
 the run's journal (replay answers from them without searching again), the call
 is an `execute_tool memory.search` span in the run's trace, and each search is
 appended to the observation log (what the agent saw).
+
+It lives in tools, not memory: tools may use memory, memory may not use tools.
 """
 
 from __future__ import annotations
