@@ -26,6 +26,7 @@ from tether.errors import (
     RolloutNotFound,
     RunNotFound,
     RunTakenOver,
+    SessionClosed,
     StoreError,
     TetherError,
     ToolError,
@@ -54,7 +55,7 @@ STATUS = {
     WorkflowError: 422, NonDeterminismError: 422, WorkflowNotFound: 404, RolloutNotFound: 404, WorkflowKilled: 409,
     StoreError: 400, LedgerError: 400,
     ApprovalError: 400, ApprovalNotFound: 404, ApprovalConflict: 409, ApprovalForbidden: 403,
-    RunNotFound: 404, AccessDenied: 403, RunTakenOver: 400,
+    RunNotFound: 404, AccessDenied: 403, RunTakenOver: 409, SessionClosed: 409,
 }  # fmt: skip
 
 

@@ -25,14 +25,8 @@ ORDER = [
 ]
 RANK = {name: len(ORDER) - i for i, group in enumerate(ORDER) for name in group}
 
-# (file, imported module) pairs being removed by the core redesign; delete when empty.
-ALLOWED_FOR_NOW = {
-    ("tether/tools/proxy.py", "tether.guardrails.limits"),
-    ("tether/tools/proxy.py", "tether.guardrails.policy"),
-    ("tether/tools/proxy.py", "tether.guardrails.risk"),
-    ("tether/tools/calls.py", "tether.guardrails.policy"),
-    ("tether/models/planner.py", "tether.tools.calls"),
-}
+# (file, imported module) pairs tolerated while a redesign removes them; keep it empty.
+ALLOWED_FOR_NOW: set[tuple[str, str]] = set()
 
 
 def _layer(module: str) -> str | None:

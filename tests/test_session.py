@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from tether.cli import cli
 from tether.errors import ApprovalError, InvalidArguments, RunTakenOver, WorkflowError
 from tether.guardrails.policy import PolicySet
-from tether.orchestration.session import Session, SessionClosed
+from tether.errors import SessionClosed
+from tether.orchestration.session import Session
 from tether.record.db import Database
 from tether.record.ledger import Ledger
 from tether.record.tables import approvals, run_events, runs

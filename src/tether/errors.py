@@ -13,7 +13,9 @@ this drawing against the classes, so keep it exact):
                 ApprovalNotFound
             Conflict                the current state forbids the change (HTTP 409)
                 WorkflowKilled
+                SessionClosed
                 ApprovalConflict
+                RunTakenOver
             Forbidden               the caller may not do this (HTTP 403)
                 AccessDenied
                 ApprovalForbidden
@@ -24,6 +26,7 @@ this drawing against the classes, so keep it exact):
             WorkflowError
                 NonDeterminismError
                 WorkflowKilled
+                SessionClosed
                 WorkflowNotFound
                 RolloutNotFound
             StoreError
@@ -32,7 +35,6 @@ this drawing against the classes, so keep it exact):
                 ApprovalNotFound
                 ApprovalConflict
                 ApprovalForbidden
-            RunTakenOver
         Retryable
 
 `NotFound`, `Conflict` and `Forbidden` say what kind of refusal an error is, so
@@ -46,7 +48,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDenied", "ApprovalConflict", "ApprovalError", "ApprovalForbidden", "ApprovalNotFound", "Conflict",
     "Forbidden", "InvalidArguments", "LedgerError", "NonDeterminismError", "NotFound", "PolicyError", "Retryable",
-    "RolloutNotFound", "RunNotFound", "RunTakenOver", "StoreError", "TetherError", "ToolError", "UnknownTool",
+    "RolloutNotFound", "RunNotFound", "RunTakenOver", "SessionClosed", "StoreError", "TetherError", "ToolError", "UnknownTool",
     "WorkflowError", "WorkflowKilled", "WorkflowNotFound",
 ]  # fmt: skip
 
@@ -105,6 +107,10 @@ class WorkflowKilled(WorkflowError, Conflict):
     """The workflow's kill switch is on: new runs are refused."""
 
 
+class SessionClosed(WorkflowError, Conflict):
+    """A call on a governed session that has ended (closed, halted by the kill switch, out of calls)."""
+
+
 class StoreError(TetherError):
     """The database is missing, corrupt, or not a tether database."""
 
@@ -144,5 +150,5 @@ class Retryable(Exception):
     raises fails the call at once."""
 
 
-class RunTakenOver(TetherError):
+class RunTakenOver(Conflict):
     """Another process claimed the run this one was driving; this one stopped without writing."""

@@ -28,10 +28,12 @@ from typing import Any
 import pydantic_core
 
 from tether.errors import (
-    ApprovalError,
+    ApprovalConflict,
+    ApprovalNotFound,
     InvalidArguments,
     RunNotFound,
     RunTakenOver,
+    SessionClosed,
     WorkflowError,
 )
 from tether.guardrails import approvals
@@ -60,10 +62,6 @@ from tether.types import Approval, Decision, RunInfo, RunStatus, ToolCall, ToolR
 SESSION_PREFIX = "session:"  # a session's workflow_ref: what tells a session's run from a workflow's
 STATE = "session"
 _ENDINGS = (RunStatus.COMPLETED, RunStatus.ESCALATED, RunStatus.FAILED, RunStatus.CANCELLED)
-
-
-class SessionClosed(WorkflowError):
-    """A call on a session that has ended (closed, halted by the kill switch, over its call budget)."""
 
 
 def is_session(workflow_ref: str | None) -> bool:
@@ -392,8 +390,8 @@ class Session:
         call = self._pending.get(approval_id)
         if call is None:
             if approval_id in self._seen:
-                raise ApprovalError(f"approval {approval_id} of session {self.id} was already carried out")
-            raise ApprovalError(f"no call of session {self.id} waits on approval {approval_id!r}")
+                raise ApprovalConflict(f"approval {approval_id} of session {self.id} was already carried out")
+            raise ApprovalNotFound(f"no call of session {self.id} waits on approval {approval_id!r}")
         return call
 
     def _scope(self, step: int | None = None) -> CallScope:
