@@ -4,6 +4,10 @@ Governed = JSON Schema + pydantic validation, the policy decision, the proposal
 and decision written durably (SQLite WAL, synchronous=FULL) before the tool
 runs, execution under a timeout, and the result written durably after.
 
+Three front doors are compared: a workflow's `run.call` (provenance, loop check, the
+journal's deferred result write), a `Session.call` (the same governed call, plus a commit
+of the result before the agent sees it) and the bare `CallPipeline`.
+
     python bench/governed_call.py [--calls 2000] [--db sqlite:///path]
 """
 
@@ -15,21 +19,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tether.orchestration.pipeline import CallPipeline, CallScope
+from pydantic import BaseModel
+
 from tether import (
     Args,
+    CallPipeline,
+    CallScope,
     Database,
+    End,
     PolicySet,
+    Runtime,
+    Session,
+    Tool,
     ToolCall,
     ToolContext,
     ToolProxy,
     ToolRegistry,
+    Workflow,
     tool,
 )
 from tether.orchestration._journal import Journal
 from tether.record import runs as store
-from tether.types import RunInfo
 from tether.tools.tool import Grant
+from tether.types import RunInfo
 
 POLICY = PolicySet.from_text("""
 policies:
@@ -117,7 +129,52 @@ def main() -> None:
         mem.append(time.perf_counter_ns() - t0)
     m50, m99 = percentiles(mem)
     print(f"  validation + policy only      p50 {m50:9.1f} us   p99 {m99:9.1f} us   (no records written)")
+    w50, w99 = _workflow_calls(db, opts.calls, args)
+    s50, s99 = _session_calls(db, opts.calls, args)
+    print(f"  workflow run.call             p50 {w50:9.1f} us   p99 {w99:9.1f} us   overhead p50 {w50 - d50:9.1f} us")
+    print(f"  Session.call                  p50 {s50:9.1f} us   p99 {s99:9.1f} us   overhead p50 {s50 - d50:9.1f} us")
+    print(f"  session / workflow call at p50: {s50 / w50:.2f}")
     print(f"  durable records are {results[None][0] / m50:.0f}x the in-memory checks at p50")
+
+
+class _NoInput(BaseModel):
+    pass
+
+
+def _workflow_calls(db: Database, calls: int, args: dict[str, Any]) -> tuple[float, float]:
+    """`run.call` from a workflow's state: each call's own arguments (a repeated call ends the run)."""
+    t = tool("payments.refund", timeout_s=None)(_refund)
+    samples: list[int] = []
+    wf = Workflow("bench_calls", input=_NoInput, tools=[t], policy=POLICY, max_calls_per_step=calls + 1)
+
+    @wf.state(initial=True)
+    def go(run: Any) -> End:
+        for i in range(calls):
+            t0 = time.perf_counter_ns()
+            r = run.call("payments.refund", {**args, "transaction_id": f"X{i:06d}"})
+            samples.append(time.perf_counter_ns() - t0)
+            assert r.ok
+        return End("completed")
+
+    rt = Runtime(db)
+    assert rt.start(wf, {}).status == "completed"
+    rt.close()
+    return percentiles(samples)
+
+
+def _session_calls(db: Database, calls: int, args: dict[str, Any]) -> tuple[float, float]:
+    def refund(transaction_id: str, amount_usd: float, reason: str) -> dict[str, Any]:
+        return {"refund_id": "rf_" + transaction_id, "amount_usd": amount_usd}
+
+    t = Tool.from_function(refund, name="payments.refund", timeout_s=None)
+    samples: list[int] = []
+    with Session.open(db, tools=[t], policy=POLICY, principal="bench", name="bench_session") as session:
+        for i in range(calls):
+            t0 = time.perf_counter_ns()
+            r = session.call("payments.refund", {**args, "transaction_id": f"X{i:06d}"})
+            samples.append(time.perf_counter_ns() - t0)
+            assert r.ok
+    return percentiles(samples)
 
 
 if __name__ == "__main__":

@@ -254,3 +254,25 @@ def test_trusted_text_the_user_wrote_vouches_for_a_value(db: Database) -> None:
     again = Session.reopen(db, s.id, tools=TOOLS)
     assert again.call("send_email", {"to": "carol@example.com", "body": "third"}).ok
     again.close()
+
+
+def test_a_session_on_postgresql(pg_url: str) -> None:
+    db = Database(pg_url)
+    try:
+        s = _open(db)
+        assert s.call("send_email", {"to": "bob@example.com", "body": "hi"}).ok
+        big = s.call("payments.refund", {"transaction_id": "T5", "amount_usd": 500})
+        with db.read() as conn:
+            assert conn.execute(sa.select(runs.c.status).where(runs.c.id == s.id)).scalar() == "waiting_approval"
+        from tether.guardrails.approvals import ApprovalInbox
+
+        ApprovalInbox(db).decide(big.approval_id or "", approve=True, by="bob")
+        assert Session.reopen(db, s.id, tools=TOOLS, deps=BANK).resume_call(big.approval_id or "").ok
+        with db.read() as conn:
+            assert conn.execute(sa.select(runs.c.status).where(runs.c.id == s.id)).scalar() == "running"
+        Session.reopen(db, s.id, tools=TOOLS).close()
+        with db.read() as conn:
+            assert conn.execute(sa.select(runs.c.status).where(runs.c.id == s.id)).scalar() == "completed"
+        assert Ledger(db).verify().ok
+    finally:
+        db.dispose()

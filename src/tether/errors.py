@@ -80,10 +80,14 @@ class ToolError(TetherError):
 
 
 class UnknownTool(ToolError, NotFound):
+    """A call to a tool that is not registered."""
+
     pass
 
 
 class InvalidArguments(ToolError):
+    """A tool call whose arguments fail the tool's schema."""
+
     pass
 
 
@@ -116,6 +120,8 @@ class StoreError(TetherError):
 
 
 class LedgerError(TetherError):
+    """A ledger that cannot be read, appended to or verified."""
+
     pass
 
 
@@ -136,6 +142,8 @@ class ApprovalForbidden(ApprovalError, Forbidden):
 
 
 class RunNotFound(NotFound):
+    """No run (or stored policy version) with the id given."""
+
     pass
 
 

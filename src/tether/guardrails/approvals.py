@@ -150,6 +150,8 @@ _VOTES = (
 
 
 class ApprovalInbox:
+    """The approval inbox: pending requests, votes with segregation of duties, expiry."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 

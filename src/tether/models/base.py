@@ -17,6 +17,8 @@ from pydantic import BaseModel, Field
 
 
 class DecisionRequest(BaseModel):
+    """What a model is asked: a decision point, the bounded options (tools with schemas), the observation."""
+
     point: str
     options: list[str]
     tools: list[dict[str, Any]] = []  # specs of the options that are tools
@@ -25,6 +27,8 @@ class DecisionRequest(BaseModel):
 
 
 class Usage(BaseModel):
+    """Tokens a model call used, as the provider reported them."""
+
     input_tokens: int = 0
     output_tokens: int = 0
 
@@ -44,6 +48,8 @@ class ModelCall(BaseModel):
 
 
 class Choice(BaseModel):
+    """A model's answer to a decision request: the option, its arguments, confidence, usage."""
+
     point: str
     option: str | None
     args: dict[str, Any] = {}
@@ -65,6 +71,8 @@ class Choice(BaseModel):
 
 @runtime_checkable
 class Model(Protocol):
+    """What answers decision requests: the offline classifier, a provider, a router, a cache."""
+
     name: str
 
     def choose(self, request: DecisionRequest) -> Choice: ...

@@ -36,7 +36,7 @@ PERIODS = ("daily", "monthly")
 
 
 class BudgetExceeded(TetherError):
-    pass
+    """A tenant, feature or action budget is spent: the run or call is refused."""
 
 
 def set_budget(conn: sa.Connection, scope: str, name: str, period: str, limit_usd: float) -> None:

@@ -58,6 +58,8 @@ class CacheStats:
 
 
 class AnswerCache:
+    """Cached model answers, keyed by tenant, question, policy and prompt; personal fields kept out of the key."""
+
     def __init__(self, db: Database, *, ttl_s: float = 7 * 24 * 3600, now: Any = None) -> None:
         self.db = db
         self.ttl_s = ttl_s

@@ -20,6 +20,8 @@ from tether.models.base import Choice, DecisionRequest, ModelCall, ModelError, U
 
 
 class Router:
+    """The cheapest model first; a low confidence, a schema failure or an error escalates to the next."""
+
     def __init__(self, tiers: Sequence[Any], *, threshold: float | Sequence[float] = 0.6, name: str | None = None) -> None:
         if not tiers:
             raise ValueError("a router needs at least one model")

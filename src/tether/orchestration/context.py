@@ -1,4 +1,11 @@
-"""RunContext: what a state function gets. The only doors to models and tools."""
+"""RunContext: what a state function gets. The only doors to models and tools.
+
+The author-facing methods (`choose`, `act`, `call`, `label`, `sleep`, `wait_until`) are
+thin: a tool call goes through the governed call (`CallPipeline`) as a session's does;
+replay memoisation happens in one place (`_replayed_or_live`); undoing effects is
+`compensation.Undo`; live-or-replayed differences (clock, timers, approvals, novelty,
+tracer) are the `environment`'s; span and prompt-store shapes are `spans` and `prompts`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
@@ -18,11 +25,14 @@ from tether.guardrails.provenance import Origin, Provenance, Trust, learn_result
 from tether.models.base import CallContext, Choice, DecisionRequest, Model, call_context
 from tether.orchestration import spans
 from tether.orchestration._journal import Journal
+from tether.orchestration.compensation import Undo
+from tether.orchestration.environment import Environment, Live
 from tether.orchestration.pipeline import CallPipeline, CallScope
+from tether.orchestration.prompts import prompt_record
 from tether.orchestration.workflow import DepsT, InputT
 from tether.record.canonical import digest
 from tether.record.tracing import RUN_ID
-from tether.tools.tool import Tool, idempotency_key
+from tether.tools.tool import Tool
 from tether.types import Approval, Decision, RunInfo, ToolCall, ToolResult
 
 if TYPE_CHECKING:
@@ -47,8 +57,8 @@ class Sleep(Suspend):
         self.wake_at = wake_at
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+_FIRED = "fired"  # a timer the journal shows fired: the code goes on past it
+T = TypeVar("T")
 
 
 class EndRun(BaseException):
@@ -61,6 +71,8 @@ class EndRun(BaseException):
 
 
 class RunContext(Generic[InputT, DepsT]):
+    """What a workflow's state function gets: the run's input and data, and the only doors to models and tools."""
+
     def __init__(
         self,
         *,
@@ -74,14 +86,9 @@ class RunContext(Generic[InputT, DepsT]):
         policy: Any,  # tether.guardrails.loading.Policy
         deps: DepsT,
         model: Callable[[], Model],
-        approval_source: Callable[[ToolCall, Decision], Approval | None] | None = None,
-        tracer: Any = None,
-        history: Callable[[str, str], bool] | None = None,
+        env: Environment | None = None,  # live (default) or replayed
         deadline: float | None = None,  # time.monotonic() past which the run ends deadline_exceeded
         meter: Any = None,  # tether.models.meter.RunMeter: prices calls, enforces the run's cost ceiling
-        clock: Callable[[], dt.datetime] | None = utcnow,  # None: replay, where timers fire as recorded
-        timer_source: Callable[[], bool] | None = None,  # replay: did the recorded run's next timer fire?
-        timer_due: str | None = None,  # a wake-up queued for this due time: that timer fires now
     ) -> None:
         self.id = run_id
         self.workflow = workflow
@@ -94,18 +101,13 @@ class RunContext(Generic[InputT, DepsT]):
         self._pipeline = pipeline
         self._policy = policy
         self._model = model
-        self._approval_source = approval_source  # replay answers approvals from the recording
-        self._tracer = tracer  # None: no spans (replay)
-        self._history = history  # (tenant, tool) -> never executed for this tenant before?
+        self._env: Environment = env or Live()
         self._meter = meter
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
         self._reads: set[str] = set()  # keys of read-only calls since the last side effect
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
         self._deadline = deadline
-        self._clock = clock
-        self._timer_source = timer_source
-        self._timer_due = timer_due
         self.in_flight: list[str] = []  # calls compensate() found decided but never finished
         # Replay finishes only the calls the recorded run finished (it cannot call live systems).
         self.finishable: set[str] | None = None
@@ -132,14 +134,15 @@ class RunContext(Generic[InputT, DepsT]):
         self._journal.state, self._journal.step, self._ops_in_step = state, step, 0
         self._check_deadline()
         op = str(step)
-        recorded = self._journal.replayed(op)
-        if recorded:
+
+        def replayed(recorded: list[Any]) -> bool:
             if recorded[0].data["state"] != state:
                 raise NonDeterminismError(
                     f"step {step}: the run recorded state {recorded[0].data['state']!r}, the code now enters {state!r}"
                 )
-            return
-        self._journal.add("enter", op, {"state": state})
+            return True
+
+        self._replayed_or_live(op, replayed, lambda: self._journal.add("enter", op, {"state": state}), guard=False)
 
     def _end(self, status: str, error: str) -> EndRun:
         self._ended = self._ended or EndRun(status, error)
@@ -156,6 +159,20 @@ class RunContext(Generic[InputT, DepsT]):
             )
         self._ops_in_step += 1
         return f"{self.step}.{self._ops_in_step}"
+
+    def _replayed_or_live(self, op: str, replayed: Callable[[list[Any]], T | None], live: Callable[[], T], *,
+                          guard: bool = True) -> T:  # fmt: skip
+        """The one place replay memoisation happens. An op the journal holds is answered by
+        `replayed` (None: run it live after all, as a call decided but never finished); any other
+        op runs `live`, after checking (`guard`) that the code passed over no recorded op."""
+        recorded = self._journal.replayed(op)
+        if recorded:
+            out = replayed(recorded)
+            if out is not None:
+                return out
+        if guard:
+            self._check_nothing_skipped(op)
+        return live()
 
     # -- the model door -------------------------------------------------------
     def choose(
@@ -182,13 +199,17 @@ class RunContext(Generic[InputT, DepsT]):
             instructions=instructions,
         )
         request_digest = digest(request)
-        recorded = self._journal.replayed(op)
-        if recorded:
+
+        def replayed(recorded: list[Any]) -> Choice:
             ev = recorded[0]
             if ev.kind != "choice" or ev.data["point"] != point or ev.data["request_digest"] != request_digest:
                 raise NonDeterminismError(f"op {op}: the recorded run did not ask the model {point!r} with this input")
-            return self._learn_choice(Choice.model_validate(ev.data["choice"]))
-        self._check_nothing_skipped(op)
+            return Choice.model_validate(ev.data["choice"])
+
+        return self._learn_choice(self._replayed_or_live(op, replayed, lambda: self._ask_live(op, request)))
+
+    def _ask_live(self, op: str, request: DecisionRequest) -> Choice:
+        point, request_digest = request.point, digest(request)
         if self._meter is not None:
             why = self._meter.check(self._model(), request)
             if why:
@@ -217,8 +238,9 @@ class RunContext(Generic[InputT, DepsT]):
             self._journal.add_costs(op, self.tenant, self.workflow.name, cost["calls"])
             self._journal.set_run_values(cost_usd=round(self._meter.spent, 8), tokens=self._meter.tokens)
         self._journal.add("choice", op, data)
-        self._store_prompt(op, request, choice)
-        return self._learn_choice(choice)
+        asked, answered = prompt_record(self._journal.db.redactor, self.workflow.tools, request, choice)
+        self._journal.add_prompt(op, request.point, choice.model, asked, answered)
+        return choice
 
     def _learn_choice(self, choice: Choice) -> Choice:
         # The option is bounded by the offer; the values a model writes are not.
@@ -230,27 +252,11 @@ class RunContext(Generic[InputT, DepsT]):
         so calls built from it are judged by where it came from."""
         self.provenance.add(value, source, trust)
 
-    def _store_prompt(self, op: str, request: DecisionRequest, choice: Choice) -> None:
-        """What the model was asked and answered, redacted, for the short-retention prompt store."""
-        red = self._journal.db.redactor
-        observation = {k: red.text(v) if isinstance(v, str) else v for k, v in request.observation.items()}
-        args = choice.args
-        if choice.option in self.workflow.tools:
-            args = red.args(self.workflow.tools.get(choice.option).schema, args)
-        elif args:  # free-form arguments (a plan, say) have no schema marks: scan their text
-            args = _scan_strings(red, args)
-        self._journal.add_prompt(
-            op, request.point, choice.model,
-            {"options": request.options, "observation": observation, "instructions": red.text(request.instructions)},
-            {"option": choice.option, "args": args, "confidence": choice.confidence,
-             "usage": choice.usage.model_dump(), "error": red.text(choice.error) if choice.error else None},
-        )  # fmt: skip
-
     def _span(self, name: str, attributes: dict[str, Any]) -> Any:
-        if self._tracer is None:
+        if self._env.tracer is None:
             return contextlib.nullcontext(trace.INVALID_SPAN)
         attrs = {RUN_ID: self.id, "tether.step": self.step, "tether.state": self.state, **attributes}
-        return self._tracer.start_as_current_span(name, attributes=attrs, record_exception=False)
+        return self._env.tracer.start_as_current_span(name, attributes=attrs, record_exception=False)
 
     def _ask(self, request: DecisionRequest) -> Choice:
         model = self._model()
@@ -279,11 +285,11 @@ class RunContext(Generic[InputT, DepsT]):
     def _refuse(self, choice: Choice) -> ToolResult:
         op = self._next_op()
         call = ToolCall(call_id=op, tool=choice.option or "(none)", args=dict(choice.args), proposer=f"model:{choice.model}")
-        recorded = self._journal.replayed(op)
-        if recorded:
-            done = self._replay_call(call, recorded)
-            if done is not None:
-                return done
+        return self._replayed_or_live(op, lambda recorded: self._replay_call(call, recorded),
+                                      lambda: self._refuse_live(call, choice), guard=False)  # fmt: skip
+
+    def _refuse_live(self, call: ToolCall, choice: Choice) -> ToolResult:
+        op = call.call_id
         error = f"refused: {choice.error or 'no option chosen'}"
         with self._tool_span(call) as span:
             self._journal.proposed(call, None, error)
@@ -318,15 +324,14 @@ class RunContext(Generic[InputT, DepsT]):
         t = self.workflow.tools.get(call.tool) if call.tool in self.workflow.tools else None
         origins = self.provenance.assess(call.args, t.schema if t else None, call.proposer)
         call = call.model_copy(update={"provenance": {name: o.as_dict() for name, o in origins.items()}})
-        recorded = self._journal.replayed(call.call_id)
-        if recorded:
-            done = self._replay_call(call, recorded, info)
-            if done is not None:
-                return self._learn_result(t, origins, done)
-        if not call.call_id.startswith("undo:"):
-            self._check_nothing_skipped(call.call_id)
-        call = call.model_copy(update={"risk_context": {**(risk or {}), "novel": self._novel(call.tool)}})
-        return self._learn_result(t, origins, self._call_live(call, info))
+
+        def live() -> ToolResult:
+            novel = self._env.novel(self.tenant, call.tool)
+            return self._call_live(call.model_copy(update={"risk_context": {**(risk or {}), "novel": novel}}), info)
+
+        result = self._replayed_or_live(call.call_id, lambda recorded: self._replay_call(call, recorded, info), live,
+                                        guard=not call.call_id.startswith("undo:"))  # fmt: skip
+        return self._learn_result(t, origins, result)
 
     def sleep(self, seconds: float) -> None:
         """Wait `seconds` without holding a process: the run pauses as `waiting_timer` and is
@@ -344,24 +349,21 @@ class RunContext(Generic[InputT, DepsT]):
 
     def _timer(self, wake: Callable[[dt.datetime], dt.datetime]) -> None:
         op = self._next_op()
-        recorded = self._journal.replayed(op)
-        if recorded:
+
+        def replayed(recorded: list[Any]) -> str:
             if recorded[0].kind != "timer":
                 raise NonDeterminismError(f"op {op}: the run recorded {recorded[0].kind}, the code now waits on a timer")
-            if any(e.kind == "timer_fired" for e in recorded):
-                return
-            wake_at = recorded[0].data["wake_at"]
-        else:
-            self._check_nothing_skipped(op)
-            now = self._clock() if self._clock is not None else utcnow()
-            wake_at = wake(now).astimezone(dt.UTC).isoformat(timespec="microseconds")
+            return _FIRED if any(e.kind == "timer_fired" for e in recorded) else str(recorded[0].data["wake_at"])
+
+        def live() -> str:
+            wake_at = wake(self._env.now()).astimezone(dt.UTC).isoformat(timespec="microseconds")
             self._journal.add("timer", op, {"wake_at": wake_at})
-        if self._clock is None:  # replay: the timer fires where the recorded run's did
-            fired, at = bool(self._timer_source and self._timer_source()), wake_at
-        else:
-            now = self._clock()
-            fired = now >= dt.datetime.fromisoformat(wake_at) or wake_at == self._timer_due
-            at = now.isoformat(timespec="microseconds")
+            return wake_at
+
+        wake_at = self._replayed_or_live(op, replayed, live)
+        if wake_at == _FIRED:
+            return
+        fired, at = self._env.timer_fired(wake_at)
         if fired:
             self._journal.add("timer_fired", op, {"at": at})
             return
@@ -375,80 +377,19 @@ class RunContext(Generic[InputT, DepsT]):
             raise NonDeterminismError(f"op {op}: the code goes on without the recorded op {skipped[0]}")
 
     def compensate(self) -> list[ToolResult]:
-        """Undo the run's effects, newest first, each with its tool's declared compensation.
-
-        Every compensation is a governed call (validated, decided, ledgered) with a
-        stable id `undo:<call>` and the idempotency key of the step it undoes, so a
-        resumed or replayed run answers it from the journal instead of repeating it.
-
-        A call that was cleared (allowed or approved) but has no recorded result (the
-        process died while it ran) is first finished under its own idempotency key: the
-        system of record answers with what it did, or does it now, so it can be undone."""
-        # Cleared calls that finishing could not bring to an ok result: they may have happened and
-        # cannot be undone without their output; they are named, never passed over silently.
-        self.in_flight = self._finish_in_flight()
-        events = self._journal.call_events()
-        results = [e for e in events if e.kind == "result" and e.data["status"] == "ok" and not str(e.call_id).startswith("undo:")]
-        undone = []
-        for ev in reversed(results):
-            t = self.workflow.tools.get(ev.data["tool"]) if ev.data["tool"] in self.workflow.tools else None
-            if t is None or t.compensate is None:
-                continue
-            proposal = next(e for e in self._journal.replayed(ev.call_id or "") if e.kind == "proposal")
-            name, make_args = t.compensate
-            try:
-                args = make_args(dict(proposal.data["args"]), ev.data["output"],
-                                 idempotency_key(self.id, proposal.step, ev.call_id or ""))
-            except Exception as e:  # noqa: BLE001 - a broken compensation is reported, the others still run
-                undone.append(ToolResult(call_id=f"undo:{ev.call_id}", tool=name, status="invalid",
-                                         error=f"compensation arguments for {t.name} failed: {type(e).__name__}: {e}"))  # fmt: skip
-                continue
-            # The undo is judged on what the code had established for the call it undoes.
-            call = ToolCall(call_id=f"undo:{ev.call_id}", tool=name, args=args, proposer=f"compensation:{self.workflow.name}",
-                            facts=dict(proposal.data.get("facts") or {}))  # fmt: skip
-            undone.append(self._propose(call, None, RunInfo(run_id=self.id, step=proposal.step, tenant=self.tenant)))
+        """Undo the run's effects, newest first (see `compensation.Undo`); calls that may have
+        happened and cannot be undone are left in `in_flight`, by name."""
+        undo = Undo(self._journal, self.workflow.tools, self.workflow.name, self.id, self.tenant,
+                    propose=lambda call, info: self._propose(call, None, info), finish=self._finish_cleared,
+                    finishable=self.finishable)  # fmt: skip
+        undone, self.in_flight = undo.run()
         return undone
 
-    def _finish_in_flight(self) -> list[str]:
-        """Finish every cleared call that has no result and can be undone; returns by name those
-        that may have happened and will not be undone. A call without a compensation is never
-        finished here: stopping a run must not make an effect it may never have made."""
-        unsure: list[str] = []
-        events = self._journal.call_events()
-        finished = {e.call_id for e in events if e.kind == "result"}
-        by_call: dict[str, list[Any]] = {}
-        for e in events:
-            if e.call_id and e.call_id not in finished and not e.call_id.startswith("undo:"):
-                by_call.setdefault(e.call_id, []).append(e)
-        for call_id, evs in by_call.items():
-            proposal = next((e for e in reversed(evs) if e.kind == "proposal"), None)
-            decision = next((e for e in reversed(evs) if e.kind == "decision"), None)
-            applied = next((e for e in reversed(evs) if e.kind == "approval"), None)
-            if proposal is None or decision is None or (self.finishable is not None and call_id not in self.finishable):
-                continue
-            d = Decision.model_validate(decision.data)
-            approval = None
-            if applied is not None and applied.data["approved"]:
-                approval = Approval(applied.data["approval_id"], True, applied.data["by"] or "", None, d)
-            elif d.action != "allow":
-                continue  # never cleared: nothing can have happened
-            name = f"{proposal.data['tool']} ({call_id})"
-            t = self.workflow.tools.get(proposal.data["tool"]) if proposal.data["tool"] in self.workflow.tools else None
-            if t is not None and not t.side_effect:
-                continue  # a read changed nothing
-            if t is None or t.compensate is None:
-                unsure.append(name)
-                continue
-            p = proposal.data
-            call = ToolCall(call_id=call_id, tool=p["tool"], args=dict(p["args"]), proposer=p["proposer"],
-                            facts=dict(p.get("facts") or {}), risk_context=dict(p.get("risk_context") or {}))  # fmt: skip
-            info = RunInfo(run_id=self.id, step=proposal.step, tenant=self.tenant)  # the key of the step it ran in
-            with self._tool_span(call) as span:  # as decided then: no new decision, limit draw or budget check
-                result = self._pipeline.finish_cleared(call, self._scope(info), d, approval)
-                self._end_tool_span(span, result)
-            if not result.ok:
-                unsure.append(name)
-        return unsure
+    def _finish_cleared(self, call: ToolCall, info: RunInfo, decision: Decision, approval: Approval | None) -> ToolResult:
+        with self._tool_span(call) as span:  # as decided then: no new decision, limit draw or budget check
+            result = self._pipeline.finish_cleared(call, self._scope(info), decision, approval)
+            self._end_tool_span(span, result)
+        return result
 
     def _learn_result(self, t: Tool | None, origins: Mapping[str, Origin], result: ToolResult) -> ToolResult:
         learn_result(self.provenance, t, origins, result)
@@ -458,7 +399,7 @@ class RunContext(Generic[InputT, DepsT]):
         with self._tool_span(call) as span:
             result = self._pipeline.propose(call, self._scope(info))
             if result.status == "pending_approval":
-                approval = self._approval_source(call, result.decision) if self._approval_source and result.decision else None
+                approval = self._env.approval(call, result.decision) if result.decision else None
                 if approval is None:
                     self._end_tool_span(span, result)
                     raise Suspend(result.approval_id or "")
@@ -466,9 +407,6 @@ class RunContext(Generic[InputT, DepsT]):
                 result = self._pipeline.execute_approved(call, self._scope(info), approval)
             self._end_tool_span(span, result)
         return result
-
-    def _novel(self, tool: str) -> bool:
-        return self._history(self.tenant, tool) if self._history else False
 
     def _tool_span(self, call: ToolCall) -> Any:
         return self._span(spans.tool_span_name(call), spans.tool_attributes(call))
@@ -526,16 +464,6 @@ class RunContext(Generic[InputT, DepsT]):
             self._end_tool_span(span, result, wait_s=_seconds_between(req.requested_at, req.decided_at))
         return result
 
-
-
-def _scan_strings(red: Any, value: Any) -> Any:
-    if isinstance(value, str):
-        return red.text(value)
-    if isinstance(value, dict):
-        return {k: _scan_strings(red, v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scan_strings(red, v) for v in value]
-    return value
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:

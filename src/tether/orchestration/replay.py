@@ -23,6 +23,7 @@ from tether.models.meter import RunMeter
 from tether.models.prices import load_prices
 from tether.orchestration._journal import MemoryJournal
 from tether.orchestration.context import EndRun, RunContext, Sleep, Suspend
+from tether.orchestration.environment import Replayed
 from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether.orchestration.runtime import drive
 from tether.orchestration.session import is_session, recorded_tool
@@ -267,8 +268,8 @@ def replay(
     meter = _ReplayMeter(recording, row.cost_ceiling_usd) if row.cost_ceiling_usd is not None else None
     ctx = RunContext(
         run_id=run_id, workflow=wf, input=wf.parse_input(row.input), tenant=row.tenant, started_by=row.started_by,
-        journal=journal, pipeline=proxy, policy=pol, deps=None, model=lambda: model, approval_source=recording.approval,
-        history=recording.novel, meter=meter, clock=None, timer_source=recording.timer_fired,
+        journal=journal, pipeline=proxy, policy=pol, deps=None, model=lambda: model, env=Replayed(recording),
+        meter=meter,
     )  # fmt: skip
     ctx.finishable = {e.call_id for e in events if e.kind == "result" and e.call_id}
     stopped = error = None

@@ -41,6 +41,7 @@ from tether.models.prices import load_prices
 from tether.orchestration import rollout
 from tether.orchestration._journal import Journal
 from tether.orchestration.context import EndRun, RunContext, Sleep, Suspend
+from tether.orchestration.environment import Live
 from tether.orchestration.pipeline import CallPipeline
 from tether.orchestration.workflow import End, Workflow, load
 from tether.record import ledger
@@ -52,10 +53,12 @@ from tether.record.tables import runs as runs_table
 from tether.record.tracing import RUN_ID, Tracing, ids, parent_context
 from tether.tools.proxy import ToolProxy
 from tether.tools.secrets import scrub
+from tether.types import RunStatus
 
 # Statuses a run can have. The first three are not final.
-RUNNING, WAITING, INTERRUPTED = "running", "waiting_approval", "interrupted"
-WAITING_TIMER = "waiting_timer"  # paused by `run.sleep`/`run.wait_until` until runs.wake_at
+# Plain strings (`.value`): psycopg writes an Enum member by its name, not its value.
+RUNNING, WAITING, INTERRUPTED = RunStatus.RUNNING.value, RunStatus.WAITING_APPROVAL.value, RunStatus.INTERRUPTED.value
+WAITING_TIMER = RunStatus.WAITING_TIMER.value  # paused by `run.sleep`/`run.wait_until` until runs.wake_at
 PAUSED = (WAITING, WAITING_TIMER)
 FAILED_STATUSES, FINAL_STATUSES, CANCELLED = store.FAILED_STATUSES, store.FINAL_STATUSES, store.CANCELLED
 
@@ -329,8 +332,8 @@ class Runtime:
         ctx = RunContext(
             run_id=run_id, workflow=workflow, input=parsed, tenant=tenant, started_by=started_by,
             journal=journal, pipeline=self._pipeline(workflow), policy=policy, deps=self._deps_for(workflow),
-            model=lambda: self._model_for(workflow), tracer=tracing.tracer, history=self._novel, deadline=deadline,
-            meter=self._meter(workflow, recorded, run_id), timer_due=timer_due,
+            model=lambda: self._model_for(workflow), env=Live(tracer=tracing.tracer, history=self._novel, timer_due=timer_due),
+            deadline=deadline, meter=self._meter(workflow, recorded, run_id),
         )  # fmt: skip
         approval_id = wake_at = None
         if recorded:  # where the run stands, for endings that do not walk the states again

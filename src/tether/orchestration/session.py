@@ -31,6 +31,7 @@ from tether.errors import (
     ApprovalConflict,
     ApprovalNotFound,
     InvalidArguments,
+    PolicyError,
     RunNotFound,
     RunTakenOver,
     SessionClosed,
@@ -103,7 +104,10 @@ def _plain_args(tool: str, args: Any) -> dict[str, Any]:
 
 
 class Session:
-    """A governed session. Open one with `Session.open`, continue one with `Session.reopen`."""
+    """A governed session. Open one with `Session.open`, continue one with `Session.reopen`.
+
+    One thread drives a session at a time (as one process does): give each concurrent
+    agent its own session."""
 
     def __init__(
         self, db: Database, *, run_id: str, name: str, tenant: str, principal: str, agent: str, policy: Policy,
@@ -113,7 +117,7 @@ class Session:
         """Use `Session.open` or `Session.reopen`."""
         self.db, self.id, self.name, self.tenant, self.principal = db, run_id, name, tenant, principal
         self.agent, self.policy, self.tools = agent, policy, tools
-        self.status: str = RunStatus.RUNNING
+        self.status: str = RunStatus.RUNNING.value
         self.provenance = Provenance()
         self._journal, self._pipeline, self._tracing, self._deps = journal, pipeline, tracing, deps
         self._trace_ids = trace_ids
@@ -152,7 +156,7 @@ class Session:
             raise WorkflowError(f"session {name}: max_calls must be at least 1")
         errors, _ = pol.lint({t.name: t.schema for t in registry})
         if errors:
-            raise WorkflowError(f"{errors[0]} (the rule would never be checked; fix the argument name)")
+            raise PolicyError(f"{errors[0]} (the rule would never be checked; fix the argument name)")
         started_by = _principal(principal or default_user())
         run_id = session_id or "ses_" + _secrets.token_hex(8)
         described = [describe(t) for t in registry]
@@ -165,7 +169,7 @@ class Session:
             if loaded:
                 ledger.append(conn, "policy_loaded", loaded)
             store.insert_run(conn, id=run_id, workflow=name, workflow_ref=SESSION_PREFIX + name,
-                             workflow_version=_version(described), status=RunStatus.RUNNING, input=plain_input,
+                             workflow_version=_version(described), status=RunStatus.RUNNING.value, input=plain_input,
                              started_by=started_by, tenant=tenant, policy_hash=pol.hash, driver=holder)  # fmt: skip
             ledger.append(conn, "run_started", {"workflow": name, "version": _version(described), "policy_hash": pol.hash,
                                                 "started_by": started_by, "tenant": tenant, "session": True,
@@ -265,7 +269,7 @@ class Session:
         who = proposer or f"model:{self.agent}"
         t = self.tools.get(tool) if tool in self.tools else None
         origins = self.provenance.assess(plain, t.schema if t else None, who)
-        novel = bool(t) and self._novel(tool)
+        novel = t is not None and self._novel(tool)
         call = ToolCall(call_id=f"{self._journal.step}.1", tool=tool, args=plain, proposer=who,
                         risk_context={**(risk or {}), "novel": novel}, facts=dict(facts or {}),
                         provenance={n: o.as_dict() for n, o in origins.items()})  # fmt: skip
@@ -297,12 +301,10 @@ class Session:
         `rejected`. Still undecided: `pending_approval`, nothing written."""
         self._check_open()
         call = self._pending_call(approval_id)
-        with self.db.read() as conn:
-            req = approvals.ApprovalInbox._get(conn, approval_id)
-            decided = approvals.for_call(conn, self.id, call.call_id)
+        req = approvals.ApprovalInbox(self.db).get(approval_id)
         decision_ev = next(e for e in reversed(self._journal.replayed(call.call_id)) if e.kind == "decision")
         decision = Decision.model_validate(decision_ev.data)
-        if req.status == "pending" or decided is None:
+        if req.status == "pending":
             return ToolResult(call_id=call.call_id, tool=call.tool, status="pending_approval", decision=decision,
                               approval_id=approval_id)  # fmt: skip
         approved = req.status == "approved"
@@ -356,16 +358,20 @@ class Session:
             self._release()
 
     def _end(self, status: RunStatus, error: str | None = None, outcome: str | None = None) -> RunResult:
-        with self.db.transaction() as conn:
-            withdrawn = approvals.withdraw(conn, self.id, self.principal) if self._pending else []
+        withdrawn = sorted(self._pending)
         self._journal.add("end", None, {"status": status.value, "outcome": outcome, "error": error,
                                         "withdrawn_approvals": withdrawn})  # fmt: skip
         self._journal.add_ledger("run_finished", {"status": status.value, "outcome": outcome, "steps": self._journal.step,
                                                   "error": self.db.redactor.text(error) if error else None})  # fmt: skip
+
+        def finish(conn: Any) -> None:  # in the ending's transaction, after the driver check: all or nothing
+            if withdrawn:
+                approvals.withdraw(conn, self.id, self.principal)
+            self._tracing.save(conn, self.id)
+
         with self._holding():
-            self._journal.flush(lambda conn: self._tracing.save(conn, self.id), status=status.value, outcome=outcome,
-                                error=error)  # fmt: skip
-        self.status = status
+            self._journal.flush(finish, status=status.value, outcome=outcome, error=error)
+        self.status = status.value
         self._pending.clear()
         self._release()
         return RunResult(self.id, self.name, status.value, outcome, self._journal.step, error)
@@ -410,7 +416,7 @@ class Session:
         status = RunStatus.WAITING_APPROVAL if self._pending else RunStatus.RUNNING
         with self._holding():
             self._journal.flush(lambda conn: self._tracing.save(conn, self.id), status=status.value)
-        self.status = status
+        self.status = status.value
 
     @contextlib.contextmanager
     def _holding(self) -> Iterator[None]:

@@ -85,6 +85,8 @@ class State:
 
 
 class Workflow(Generic[InputT, DepsT]):
+    """A workflow: a deterministic state machine over bounded model choices and governed tool calls."""
+
     def __init__(
         self,
         name: str,

@@ -177,6 +177,8 @@ def verify_partial(entries: Iterable[LedgerEntry]) -> VerifyReport:
 
 
 class Ledger:
+    """The action ledger: append-only, hash-chained entries; query, verify, export."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 

@@ -38,6 +38,7 @@ _MIN_SCORE = {"phone": 0.4, "ip": 0.5, "national_id": 0.5}  # lower-confidence p
 
 
 def PII(kind: str) -> Any:  # noqa: N802 - reads like a type marker: Annotated[str, PII("email")]
+    """Mark an argument as personal data of `kind` (email, phone, free_text, ...): redacted before any write."""
     if kind not in KINDS:
         raise ValueError(f"unknown PII kind {kind!r} (one of {', '.join(KINDS)})")
     return Field(json_schema_extra={"pii": kind})
@@ -93,6 +94,8 @@ def scan(text: str) -> list[Finding]:
 
 
 class Redactor:
+    """Removes PII and secrets from values before they are written (keyed HMAC placeholders)."""
+
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("a redaction key needs at least 16 bytes")

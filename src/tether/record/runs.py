@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from tether.errors import RunNotFound
 from tether.record.db import LEDGER_LOCK, pg_lock, timestamp
 from tether.record.tables import policies, run_events, runs
+from tether.types import RunStatus
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,13 @@ def policy_text(conn: sa.Connection, policy_hash: str) -> tuple[str, str]:
 
 
 # Final statuses of a run (the runtime also uses running, waiting_approval, interrupted).
-FAILED_STATUSES = ("failed", "budget_exhausted", "loop_detected", "deadline_exceeded", "cost_ceiling")
-CANCELLED = "cancelled"  # stopped by a person; its effects compensated
+# Plain strings (`.value`), never the enum members: psycopg writes an Enum by its *name*.
+FAILED_STATUSES = tuple(s.value for s in (RunStatus.FAILED, RunStatus.BUDGET_EXHAUSTED, RunStatus.LOOP_DETECTED,
+                                          RunStatus.DEADLINE_EXCEEDED, RunStatus.COST_CEILING))  # fmt: skip
+CANCELLED = RunStatus.CANCELLED.value  # stopped by a person; its effects compensated
 # A run stopped by its workflow's kill switch: the manual fallback queue, for a person to finish.
-HALTED = "halted"
-FINAL_STATUSES = ("completed", "escalated", CANCELLED, HALTED, *FAILED_STATUSES)
+HALTED = RunStatus.HALTED.value
+FINAL_STATUSES = (RunStatus.COMPLETED.value, RunStatus.ESCALATED.value, CANCELLED, HALTED, *FAILED_STATUSES)
 
 # Bump when the meaning of recorded events changes; replay refuses other formats.
 RECORD_FORMAT = 1

@@ -10,6 +10,8 @@ from tether.tools.tool import Tool
 
 
 class ToolRegistry:
+    """The set of tools a workflow or session may call, by name."""
+
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool] = {}
         for t in tools:
