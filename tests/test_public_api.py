@@ -9,7 +9,7 @@ import tether
 
 EXPECTED = {
     "authoring": ["Args", "End", "Grant", "Next", "PII", "RunContext", "SECRET", "Tool", "ToolContext", "Workflow", "tool"],
-    "running": ["CallPipeline", "CallScope", "Database", "RunResult", "RunStatus", "Runtime", "Session", "ToolCall",
+    "running": ["CallPipeline", "CallScope", "Client", "Database", "RunResult", "RunStatus", "Runtime", "Session", "ToolCall",
                 "ToolProxy", "ToolRegistry", "ToolResult", "load_workflow"],
     "governance": ["ApprovalInbox", "ApprovalRequest", "CedarPolicy", "Decision", "Ledger", "LedgerEntry", "PolicySet",
                    "PolicyStack", "Redactor", "VerifyReport", "load_policy"],

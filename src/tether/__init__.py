@@ -7,7 +7,8 @@ Authoring: what you write.
     (`Tool.from_function`, `Tool.from_schema`), `Args`, `ToolContext`, `Grant`;
     `PII`, `SECRET` (marks for redaction).
 Running: what drives the calls.
-    `Runtime`, `RunResult`, `load_workflow` (workflows); `Session` (a governed session for
+    `Client` (start, queue, resume, cancel, decide, get runs); `Runtime`, `RunResult`,
+    `load_workflow` (workflows in this process); `Session` (a governed session for
     an agent loop tether does not own); `Database`; `CallPipeline`, `CallScope`, `ToolProxy`,
     `ToolRegistry` (the governed call itself); `ToolCall`, `ToolResult`, `RunStatus`.
 Governance: what decides and records.
@@ -28,6 +29,7 @@ from tether.record.redaction import PII, SECRET
 from tether.tools.tool import Args, Grant, Tool, ToolContext, tool
 
 # -- running ------------------------------------------------------------------------
+from tether.orchestration.client import Client
 from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether.orchestration.runtime import RunResult, Runtime
 from tether.orchestration.session import Session
@@ -82,7 +84,7 @@ from tether.errors import (
 # The export list by group, as the docstring reads (tests/test_public_api.py pins it).
 API: dict[str, list[str]] = {
     "authoring": ["Args", "End", "Grant", "Next", "PII", "RunContext", "SECRET", "Tool", "ToolContext", "Workflow", "tool"],
-    "running": ["CallPipeline", "CallScope", "Database", "RunResult", "RunStatus", "Runtime", "Session", "ToolCall",
+    "running": ["CallPipeline", "CallScope", "Client", "Database", "RunResult", "RunStatus", "Runtime", "Session", "ToolCall",
                 "ToolProxy", "ToolRegistry", "ToolResult", "load_workflow"],
     "governance": ["ApprovalInbox", "ApprovalRequest", "CedarPolicy", "Decision", "Ledger", "LedgerEntry", "PolicySet",
                    "PolicyStack", "Redactor", "VerifyReport", "load_policy"],

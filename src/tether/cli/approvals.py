@@ -13,7 +13,7 @@ from tether.cli._common import (
 )
 from tether.cli.runs import result_line
 from tether.guardrails.approvals import ApprovalInbox, add_approver, list_approvers
-from tether.orchestration.decide import decide_and_resume
+from tether.orchestration.client import Client
 from tether.orchestration.runtime import Runtime
 from tether.orchestration.workflow import load
 from tether.record import runs as store
@@ -43,7 +43,8 @@ def approvals(ctx: click.Context, show_all: bool, db_url: str | None, as_json: b
 
 
 def _decide(approval_id: str, approve: bool, user: str, reason: str | None, db_url: str | None, as_json: bool) -> None:
-    d = decide_and_resume(open_db(db_url), approval_id, approve=approve, by=user, reason=reason)
+    with Client(open_db(db_url)) as client:
+        d = client.decide(approval_id, approve=approve, by=user, reason=reason)
     req = d.approval
     if as_json:
         echo_json(d.to_json())

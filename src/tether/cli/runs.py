@@ -16,16 +16,10 @@ from tether.cli._common import (
     open_db,
     parse_json_object,
 )
-from tether.errors import TetherError
 from tether.guardrails.loading import load_policy
-from tether.orchestration import rollout
-from tether.orchestration.runtime import (
-    FAILED_STATUSES,
-    FINAL_STATUSES,
-    Runtime,
-    default_user,
-)
-from tether.orchestration.session import is_session
+from tether.orchestration import admission
+from tether.orchestration.client import Client
+from tether.orchestration.runtime import FAILED_STATUSES, Runtime
 from tether.orchestration.workflow import load
 from tether.record import runs as store
 from tether.record import tracing
@@ -63,27 +57,16 @@ def run(workflow_ref: str, input_json: str, user: str | None, tenant: str, polic
     """Start one run of WORKFLOW (a registered name or module:attribute)."""
     wf = load(workflow_ref)
     data = parse_json_object(input_json, "--input")
-    wf.parse_input(data)  # bad input fails before the database is touched
+    admission.parse(wf, data)  # bad input fails before the database is touched (admitted in full below)
     policy = load_policy(policy_file) if policy_file else None  # so does a bad policy file
-    if queued:
-        from tether.models import budgets
-        from tether.orchestration import engine
-
-        db = open_db(db_url, create=True)
-        wf = rollout.route(db, wf, data)
-        with db.read() as conn:  # refused now, as a run started here would be, not silently by a worker later
-            rollout.refuse_if_killed(conn, wf.name)
-            budgets.check(conn, tenant, wf.name)
-        run_id = engine.enqueue(db, wf, data, started_by=user or default_user(), tenant=tenant,
-                                policy=policy)  # fmt: skip
-        echo_json({"run_id": run_id, "status": "queued"}) if as_json else click.echo(f"{run_id} queued")
-        return
-    runtime = Runtime(open_db(db_url, create=True), policy=policy)
-    wf = rollout.route(runtime.db, wf, data)  # a rollout under way may pick the candidate version
-    try:
-        r = runtime.start(wf, data, started_by=user or default_user(), tenant=tenant)
-    finally:
-        runtime.close()
+    # Either way the run is admitted by `admission.admit`: routed by a rollout under way, its policy
+    # linted, refused if the workflow is killed or a budget spent, before anything is written.
+    with Client(open_db(db_url, create=True), policy=policy) as client:
+        if queued:
+            run_id = client.queue(wf, data, started_by=user, tenant=tenant)
+            echo_json({"run_id": run_id, "status": "queued"}) if as_json else click.echo(f"{run_id} queued")
+            return
+        r = client.start(wf, data, started_by=user, tenant=tenant)
     report(r, as_json)
 
 
@@ -198,26 +181,12 @@ def _describe(e: store.Event) -> str:
 @one_line_errors
 def resume(run_id: str, stranded: bool, migrate: bool, queued: bool, db_url: str | None, as_json: bool) -> None:
     """Re-drive a paused run whose approval was decided (e.g. after the decider's process died)."""
-    db = open_db(db_url)
-    if queued:
-        from tether.orchestration import engine
-
-        segment = engine.enqueue_resume(db, run_id, stranded=stranded, migrate=migrate)
-        echo_json({"run_id": run_id, "status": "queued", "segment": segment}) if as_json else click.echo(f"{run_id} queued")
-        return
-    with db.read() as conn:
-        row = store.get_run(conn, run_id)
-    if is_session(row.workflow_ref):
-        raise TetherError(f"run {run_id} is a governed session; the agent that opened it continues it (tether.Session.reopen)")
-    if row.status in FINAL_STATUSES:
-        raise TetherError(f"run {run_id} already ended ({row.status})")
-    if row.status not in ("waiting_approval", "waiting_timer") and not stranded:
-        raise TetherError(f"run {run_id} is {row.status}; pass --stranded if the process driving it died")
-    runtime = Runtime(db)
-    try:
-        r = runtime.resume(run_id, load(row.workflow_ref), stranded=stranded, migrate=migrate)
-    finally:
-        runtime.close()
+    with Client(open_db(db_url)) as client:
+        if queued:
+            segment = client.queue_resume(run_id, stranded=stranded, migrate=migrate)
+            echo_json({"run_id": run_id, "status": "queued", "segment": segment}) if as_json else click.echo(f"{run_id} queued")
+            return
+        r = client.resume(run_id, stranded=stranded, migrate=migrate)
     report(r, as_json)
 
 
@@ -261,14 +230,8 @@ def wake(queued: bool, db_url: str | None, as_json: bool) -> None:
 @one_line_errors
 def cancel(run_id: str, user: str, reason: str | None, db_url: str | None, as_json: bool) -> None:
     """Stop a run waiting for approval (or interrupted): withdraw its requests and undo its effects."""
-    db = open_db(db_url)
-    with db.read() as conn:
-        row = store.get_run(conn, run_id)
-    runtime = Runtime(db)
-    try:
-        r = runtime.cancel(run_id, load(row.workflow_ref), by=user, reason=reason)
-    finally:
-        runtime.close()
+    with Client(open_db(db_url)) as client:
+        r = client.cancel(run_id, by=user, reason=reason)
     report(r, as_json)
 
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tether.errors import PolicyError, RunNotFound, TetherError, WorkflowError
+from tether.errors import RunNotFound, TetherError, WorkflowError
 from tether.guardrails.loading import Policy, policy_from_text
+from tether.orchestration.admission import admit
 from tether.orchestration.runtime import (
     FINAL_STATUSES,
     INTERRUPTED,
@@ -123,8 +124,9 @@ def advance(
                 with rt.db.read() as conn:
                     source, text = store.policy_text(conn, options["policy_hash"])
                 policy = policy_from_text(text, source)
+            # Routed when it was queued: the version queued is the one started. Its id was handed out: a refusal is kept.
             return _plain(rt.start(wf, input, started_by=started_by, tenant=tenant, run_id=run_id, driver=driver,
-                                   policy=policy, record_refusal=True))  # its id was handed out: a refusal is kept
+                                   policy=policy, record_refusal=True, route=False))  # fmt: skip
         if row.status in FINAL_STATUSES:
             return _plain(_result(row))
         held_by = store.driver_label(row.driver)
@@ -228,21 +230,16 @@ def enqueue(
     db: Database, workflow: Workflow[Any, Any], input: Any, *, started_by: str, tenant: str = "default",
     run_id: str | None = None, client: Any = None, policy: Policy | None = None,
 ) -> str:  # fmt: skip
-    """Queue a run for the workers; returns its run id. Bad input fails here, before anything is queued.
+    """Queue a run for the workers; returns its run id. It is admitted here (`admission.admit`):
+    bad input, a policy that does not lint, a killed workflow or a spent budget fail before
+    anything is queued, and the rollout picks the version queued (the worker starts that one).
 
     `policy` replaces the workflow's own for this run: it is stored (and its loading ledgered)
     now, so the worker runs exactly the text that was checked here."""
-    from tether.guardrails.approvals import principal
-    from tether.record import ledger
-
-    workflow.check()
-    plain = workflow.parse_input(input).model_dump(mode="json")
+    admitted = admit(db, workflow, input, policy=policy, tenant=tenant, started_by=started_by)
     run_id = run_id or "run_" + secrets.token_hex(8)
     options: dict[str, Any] = {}
     if policy is not None:
-        errors, _ = policy.lint({t.name: t.schema for t in workflow.tools})
-        if errors:
-            raise PolicyError(f"{errors[0]} (the rule would never be checked; fix the argument name)")
         with db.transaction() as conn:
             loaded = store.store_policy(conn, policy.hash, policy.source, policy.text)
             if loaded:
@@ -254,7 +251,7 @@ def enqueue(
         client.enqueue(
             {"queue_name": QUEUE, "workflow_name": RUN_WORKFLOW, "workflow_id": run_id, "app_version": APP_VERSION,
              "application_name": APP},
-            run_id, workflow.ref, plain, principal(started_by), tenant, options,
+            run_id, admitted.workflow.ref, admitted.plain_input, admitted.started_by, tenant, options,
         )  # fmt: skip
     finally:
         if own:

@@ -10,7 +10,6 @@ run never repeats a side effect.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import secrets
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from opentelemetry.trace import StatusCode
 
 from tether.errors import (
     NonDeterminismError,
-    PolicyError,
     RunNotFound,
     RunTakenOver,
     TetherError,
@@ -40,6 +38,7 @@ from tether.models.meter import RunMeter, env_ceiling, recorded_spend
 from tether.models.prices import load_prices
 from tether.orchestration import rollout
 from tether.orchestration._journal import Journal
+from tether.orchestration.admission import Admission, admit, default_user, lint  # noqa: F401 - default_user: still importable from here
 from tether.orchestration.context import EndRun, RunContext, Sleep, Suspend
 from tether.orchestration.environment import Live
 from tether.orchestration.pipeline import CallPipeline
@@ -79,13 +78,6 @@ class RunResult:
         return self.status in FINAL_STATUSES
 
 
-def default_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        return "unknown"
-
-
 @dataclass
 class Runtime:
     """Runs workflows against one database.
@@ -119,30 +111,45 @@ class Runtime:
         driver: str | None = None,
         record_refusal: bool = False,
         policy: Policy | None = None,
+        route: bool = True,
     ) -> RunResult:
         """Start a run and drive it until it ends or pauses. `driver` labels who drives it
         (default: this process); see `store.new_driver`.
 
-        A killed workflow or a spent budget refuses the run with an error, writing
-        nothing. With `record_refusal` (a queued run, whose id was already handed out)
-        the refused run is written instead, ended `halted` or `budget_exhausted` with
-        the reason, and a `run_refused` ledger entry."""
-        workflow.check()
-        parsed = workflow.parse_input(input)
-        policy = policy or self.policy or workflow.policy()
-        self._lint(workflow, policy)
+        The run is admitted first (`admission.admit`): its input parsed, its version chosen by
+        the workflow's rollout (`route=False` starts exactly `workflow`: a queued run, routed
+        when it was queued), its policy linted. A killed workflow or a spent budget refuses the
+        run with an error, writing nothing. With `record_refusal` (a queued run, whose id was
+        already handed out) the refused run is written instead, ended `halted` or
+        `budget_exhausted` with the reason, and a `run_refused` ledger entry."""
+        admitted = self.admit(workflow, input, policy=policy, tenant=tenant, started_by=started_by, route=route)
+        return self.start_admitted(admitted, run_id=run_id, driver=driver, record_refusal=record_refusal)
+
+    def admit(
+        self, workflow: Workflow[Any, Any], input: Any, *, policy: Policy | None = None, tenant: str = "default",
+        started_by: str | None = None, route: bool = True,
+    ) -> Admission:  # fmt: skip
+        """`admission.admit` under this runtime's policy and lint cache. The kill switch and the
+        budgets are left to `start_admitted`, which checks them in the transaction writing the run."""
+        return admit(self.db, workflow, input, policy=policy or self.policy, tenant=tenant, started_by=started_by,
+                     route=route, refuse_now=False, linted=self._linted)  # fmt: skip
+
+    def start_admitted(
+        self, admitted: Admission, *, run_id: str | None = None, driver: str | None = None, record_refusal: bool = False
+    ) -> RunResult:
+        """Start an admitted run (see `start`): the kill switch and the budgets are checked again in
+        the transaction that inserts the run, so the check and the insert are one."""
+        workflow, parsed, policy = admitted.workflow, admitted.input, admitted.policy
+        tenant, started_by, plain_input = admitted.tenant, admitted.started_by, admitted.plain_input
         ceiling = self._ceiling(workflow)  # a bad $TETHER_COST_CEILING_USD fails here, before the run exists
         if self.model is not None or workflow.model_factory is not None:
             self._model_for(workflow)  # so does a bad model configuration (unknown provider, missing key)
-        started_by = principal(started_by or default_user())
         run_id = run_id or "run_" + secrets.token_hex(8)
-        plain_input = parsed.model_dump(mode="json")
         holder = store.new_driver(driver)
         refused: tuple[str, str] | None = None
         with self.db.transaction() as conn:
             try:
-                rollout.refuse_if_killed(conn, workflow.name)
-                budgets.check(conn, tenant, workflow.name)  # a spent budget refuses the run before anything is written
+                admitted.refuse(conn)  # a killed workflow or a spent budget refuses the run before anything is written
             except (WorkflowKilled, budgets.BudgetExceeded) as e:
                 if not record_refusal:
                     raise
@@ -470,12 +477,7 @@ class Runtime:
 
     def _lint(self, workflow: Workflow[Any, Any], policy: Policy) -> None:
         """Refuse a policy with rules that would silently never be checked for this workflow."""
-        key = (workflow.version, policy.hash)
-        if key not in self._linted:
-            errors, _ = policy.lint({t.name: t.schema for t in workflow.tools})
-            if errors:
-                raise PolicyError(f"{errors[0]} (the rule would never be checked; fix the argument name)")
-            self._linted.add(key)
+        lint(workflow, policy, self._linted)
 
     # -- per-workflow-version singletons ------------------------------------------
     # Keyed by version too: a rollout runs a candidate and the stable version side by side.

@@ -256,12 +256,12 @@ def create_app(db: Database, *, max_body: int = MAX_BODY) -> FastAPI:
         if ":" in body.workflow and body.workflow not in views.rollout_refs(db):
             # Loading module:attribute imports code; over HTTP only what an operator already rolled out.
             raise ApiError(422, f"{body.workflow} is not a registered workflow or a version under rollout")
-        wf = load(body.workflow)
-        wf.parse_input(body.input)  # bad input fails before anything is written
-        wf = rollout.route(db, wf, body.input)
+        # Admitted as every new run is (`admission.admit`): bad input or policy, a killed workflow or a spent
+        # budget fail before anything is written; the rollout picks the version.
+        admitted = runtime.admit(load(body.workflow), body.input, started_by=key.name, tenant=body.tenant)
         with lock:
-            result = runtime.start(wf, body.input, started_by=key.name, tenant=body.tenant)
-        return {**result.__dict__, "workflow_ref": wf.ref, "workflow_version": wf.version}
+            result = runtime.start_admitted(admitted)
+        return {**result.__dict__, "workflow_ref": admitted.workflow.ref, "workflow_version": admitted.workflow.version}
 
     @endpoint("GET", "/api/runs/{run_id}", READ_RUNS, tags=["runs"],
               description="One run's timeline: steps, tool calls, decisions, approvals, ledger entries, trace ids, cost.")  # fmt: skip
