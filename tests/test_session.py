@@ -276,3 +276,39 @@ def test_a_session_on_postgresql(pg_url: str) -> None:
         assert Ledger(db).verify().ok
     finally:
         db.dispose()
+
+
+def test_the_api_shows_a_session_and_decides_its_calls(db: Database) -> None:
+    import httpx
+    from _server import LiveServer
+
+    from tether.server.app import create_app
+    from tether.server.keys import create_key
+
+    approver, _ = create_key(db, name="bob", role="approver", tools="payments.*")
+    starter, _ = create_key(db, name="alice", role="approver", tools="payments.*")
+    operator, _ = create_key(db, name="olga", role="operator")
+    s = _open(db)
+    big = s.call("payments.refund", {"transaction_id": "T8", "amount_usd": 800})
+    server = LiveServer(create_app(db))
+    try:
+        def client(key: str) -> httpx.Client:
+            return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+        with client(operator) as c:
+            run = c.get(f"/api/runs/{s.id}")
+            assert run.status_code == 200, run.text
+            assert s.id in run.text and "payments.refund" in run.text
+            assert s.id in c.get("/api/approvals").text
+        with client(starter) as c:  # alice opened the session: she may not decide its calls
+            refused = c.post(f"/api/approvals/{big.approval_id}/approve", json={"reason": "mine"})
+            assert refused.status_code == 403 and "started run" in refused.json()["error"]
+        with client(approver) as c:
+            ok = c.post(f"/api/approvals/{big.approval_id}/approve", json={"reason": "receipt checked"})
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["run"] is None and "carries the call out" in ok.json()["note"]
+    finally:
+        server.stop()
+    done = s.resume_call(big.approval_id or "")
+    assert done.ok and BANK.refunds[0][:2] == ("T8", 800.0)
+    s.close()

@@ -112,6 +112,10 @@ def test_from_function_refuses_what_it_cannot_validate() -> None:
         Tool.from_function(lookup, name="bad name!")
     with pytest.raises(ToolError, match="not callable"):
         Tool.from_function(42)  # type: ignore[arg-type]
+    with pytest.raises(ToolError, match="unknown option 'risk'"):
+        Tool.from_function(lookup, risk="high")
+    with pytest.raises(ToolError, match="risk_tier must be"):
+        Tool.from_function(lookup, risk_tier="extreme")
 
 
 def test_async_tools_work_from_inside_and_outside_an_event_loop() -> None:

@@ -79,7 +79,7 @@ def describe(t: Tool) -> dict[str, Any]:
 def recorded_tool(d: Mapping[str, Any], fn: Any) -> Tool:
     """A tool rebuilt from its recorded description, running `fn` (replay answers from the recording)."""
     u = d.get("untrusted_output", False)
-    return Tool.from_schema(d["name"], d["schema"], fn, strict=False, description=d.get("description") or None,
+    return Tool.from_schema(d["name"], d["schema"], fn, strict=False, description=d.get("description") or d["name"],
                             side_effect=d["side_effect"], target=d.get("target"), risk_tier=d["risk_tier"],
                             risk_amount=d.get("risk_amount"), risk_volume=d.get("risk_volume"),
                             untrusted_output=tuple(u) if isinstance(u, list) else u, timeout_s=d.get("timeout_s"))  # fmt: skip

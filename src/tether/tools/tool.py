@@ -183,7 +183,7 @@ class Tool:
         _check_name(tool_name, _OUTSIDE_NAME)
         model, description, call = function_args(fn, tool_name)
         options.setdefault("description", description)
-        return _build(tool_name, model, model.model_json_schema(), call, code=fn, **options)
+        return _build(tool_name, model, model.model_json_schema(), call, fn, ToolOptions.of(tool_name, options))
 
     @classmethod
     def from_schema(
@@ -201,7 +201,7 @@ class Tool:
             raise ToolError(f"tool {name}: its schema must describe an object of arguments, got type {schema.get('type')!r}")
         schema.setdefault("type", "object")
         call = _schema_call(fn, name)
-        return _build(name, None, schema, call, code=fn, check_closed=False, **options)
+        return _build(name, None, schema, call, fn, ToolOptions.of(name, options), check_closed=False)
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")  # @tool: family.action, or a plain action
@@ -275,6 +275,47 @@ def _annotation(fn: Callable[..., Any], param: str, caller_locals: dict[str, Any
         raise ToolError(f"tool function {fn.__qualname__}: cannot resolve its annotations ({e})") from None
 
 
+@dataclass(frozen=True)
+class ToolOptions:
+    """How a tool is governed and run: the keyword arguments of `@tool`, `Tool.from_function`
+    and `Tool.from_schema`."""
+
+    description: str | None = None
+    timeout_s: float | None = 10.0
+    side_effect: bool = True
+    target: str | None = None  # the argument naming the object a call acts on (credentials bind to it)
+    risk_tier: str = "medium"
+    risk_amount: str | None = None
+    risk_volume: str | None = None
+    untrusted_output: bool | tuple[str, ...] = False
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = ()
+    retry_timeouts: bool = False
+    backoff_s: float = 0.2
+    max_backoff_s: float = 10.0
+    compensate: tuple[str, Compensation] | None = None
+
+    @classmethod
+    def of(cls, name: str, options: Mapping[str, Any]) -> ToolOptions:
+        unknown = sorted(set(options) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ToolError(f"tool {name}: unknown option {unknown[0]!r} (one of {', '.join(cls.__dataclass_fields__)})")
+        opts = cls(**options)
+        opts.check(name)
+        return opts
+
+    def check(self, name: str) -> None:
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ToolError(f"tool {name}: timeout_s must be positive")
+        if self.risk_tier not in ("low", "medium", "high", "critical"):
+            raise ToolError(f"tool {name}: risk_tier must be low, medium, high or critical")
+        if self.retries < 0 or self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
+            raise ToolError(f"tool {name}: retries and backoff_s must be >= 0 and max_backoff_s >= backoff_s")
+        c = self.compensate
+        if c is not None and not (len(c) == 2 and _OUTSIDE_NAME.match(c[0]) and callable(c[1])):
+            raise ToolError(f"tool {name}: compensate must be (tool name, function of (args, output, key) -> args)")
+
+
 def tool(
     name: str,
     *,
@@ -294,9 +335,12 @@ def tool(
     compensate: tuple[str, Compensation] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs); an `async def`
-    works too. For a plain function without `ctx`, see `Tool.from_function`."""
+    works too. For a plain function without `ctx`, see `Tool.from_function`. The options are
+    `ToolOptions`'s."""
     _check_name(name, _NAME)
-    _check_options(name, timeout_s, risk_tier, retries, backoff_s, max_backoff_s, compensate)
+    opts = ToolOptions(description, timeout_s, side_effect, target, risk_tier, risk_amount, risk_volume, untrusted_output,
+                       retries, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s, compensate)  # fmt: skip
+    opts.check(name)
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         params = list(inspect.signature(fn).parameters)
@@ -305,44 +349,19 @@ def tool(
         args_model = _annotation(fn, params[1], sys._getframe(1).f_locals)
         if not (isinstance(args_model, type) and issubclass(args_model, BaseModel)):
             raise ToolError(f"tool {name}: the 'args' parameter must be annotated with a pydantic model")
-        return _build(name, args_model, args_model.model_json_schema(), _sync(fn, name, with_ctx=True), code=fn,
-                      description=description, timeout_s=timeout_s, side_effect=side_effect, target=target,
-                      risk_tier=risk_tier, risk_amount=risk_amount, risk_volume=risk_volume,
-                      untrusted_output=untrusted_output, retries=retries, retry_on=retry_on,
-                      retry_timeouts=retry_timeouts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
-                      compensate=compensate)  # fmt: skip
+        return _build(name, args_model, args_model.model_json_schema(), _sync(fn, name, with_ctx=True), fn, opts)
 
     return wrap
 
 
 def _build(
-    name: str,
-    args_model: type[BaseModel] | None,
-    schema: dict[str, Any],
-    fn: Callable[[ToolContext[Any], Any], Any],
-    *,
-    code: Callable[..., Any],
-    check_closed: bool = True,
-    description: str | None = None,
-    timeout_s: float | None = 10.0,
-    side_effect: bool = True,
-    target: str | None = None,
-    risk_tier: str = "medium",
-    risk_amount: str | None = None,
-    risk_volume: str | None = None,
-    untrusted_output: bool | tuple[str, ...] = False,
-    retries: int = 0,
-    retry_on: tuple[type[BaseException], ...] = (),
-    retry_timeouts: bool = False,
-    backoff_s: float = 0.2,
-    max_backoff_s: float = 10.0,
-    compensate: tuple[str, Compensation] | None = None,
-) -> Tool:
+    name: str, args_model: type[BaseModel] | None, schema: dict[str, Any], fn: Callable[[ToolContext[Any], Any], Any],
+    code: Callable[..., Any], o: ToolOptions, *, check_closed: bool = True,
+) -> Tool:  # fmt: skip
     """Every way of declaring a tool ends here: one set of checks, one shape."""
-    _check_options(name, timeout_s, risk_tier, retries, backoff_s, max_backoff_s, compensate)
-    if inspect.iscoroutinefunction(code) and timeout_s is None:
+    if inspect.iscoroutinefunction(code) and o.timeout_s is None:
         raise ToolError(f"tool {name}: an async tool needs a timeout_s (it runs on its own event loop in a worker thread)")
-    for what, arg in (("target", target), ("risk_amount", risk_amount), ("risk_volume", risk_volume)):
+    for what, arg in (("target", o.target), ("risk_amount", o.risk_amount), ("risk_volume", o.risk_volume)):
         if arg is not None and arg not in schema.get("properties", {}):
             raise ToolError(f"tool {name}: {what} {arg!r} is not one of its arguments")
     if check_closed:
@@ -357,36 +376,22 @@ def _build(
     doc = inspect.getdoc(code) or ""
     return Tool(
         name=name,
-        description=description or doc.split("\n\n")[0].strip() or name,
+        description=o.description or doc.split("\n\n")[0].strip() or name,
         args_model=args_model,
-        timeout_s=timeout_s,
-        side_effect=side_effect,
+        timeout_s=o.timeout_s,
+        side_effect=o.side_effect,
         schema=schema,
-        target=target,
-        risk_tier=risk_tier,
-        risk_amount=risk_amount,
-        risk_volume=risk_volume,
-        untrusted_output=untrusted_output if isinstance(untrusted_output, bool) else tuple(untrusted_output),
-        retry=RetryPolicy(retries + 1, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s),
-        compensate=compensate,
+        target=o.target,
+        risk_tier=o.risk_tier,
+        risk_amount=o.risk_amount,
+        risk_volume=o.risk_volume,
+        untrusted_output=o.untrusted_output if isinstance(o.untrusted_output, bool) else tuple(o.untrusted_output),
+        retry=RetryPolicy(o.retries + 1, tuple(o.retry_on), o.retry_timeouts, o.backoff_s, o.max_backoff_s),
+        compensate=o.compensate,
         _fn=fn,
         _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
         _code=code,
     )
-
-
-def _check_options(
-    name: str, timeout_s: float | None, risk_tier: str, retries: int, backoff_s: float, max_backoff_s: float,
-    compensate: tuple[str, Compensation] | None,
-) -> None:  # fmt: skip
-    if timeout_s is not None and timeout_s <= 0:
-        raise ToolError(f"tool {name}: timeout_s must be positive")
-    if risk_tier not in ("low", "medium", "high", "critical"):
-        raise ToolError(f"tool {name}: risk_tier must be low, medium, high or critical")
-    if retries < 0 or backoff_s < 0 or max_backoff_s < backoff_s:
-        raise ToolError(f"tool {name}: retries and backoff_s must be >= 0 and max_backoff_s >= backoff_s")
-    if compensate is not None and not (len(compensate) == 2 and _OUTSIDE_NAME.match(compensate[0]) and callable(compensate[1])):
-        raise ToolError(f"tool {name}: compensate must be (tool name, function of (args, output, key) -> args)")
 
 
 def _invalid(tool: str, path: str, message: str) -> InvalidArguments:
