@@ -27,7 +27,7 @@ def figures(output: str) -> dict[str, list[float]]:
     for line in output.splitlines():
         values = [float(v) for v in NUMBER.findall(line)]
         if values:
-            out.setdefault(NUMBER.sub("#", line).strip(), values)
+            out.setdefault(" ".join(NUMBER.sub("#", line).split()), values)  # padding differs with the width
     return out
 
 
@@ -59,8 +59,13 @@ def main() -> None:
         width = min(len(r[label]) for r in old + new)
         o = [statistics.median(r[label][i] for r in old) for i in range(width)]
         n = [statistics.median(r[label][i] for r in new) for i in range(width)]
-        ratios = "  ".join(f"{b:g} -> {a:g} ({a / b:.2f}x)" if b else f"{b:g} -> {a:g}" for b, a in zip(o, n, strict=True))
-        print(f"  {label[:70]:<70} {ratios}")
+        # Numbers that are the same in every run (p50, p99, a count asked for) are labels, not figures.
+        moving = [(b, a) for i, (b, a) in enumerate(zip(o, n, strict=True))
+                  if len({r[label][i] for r in old + new}) > 1]  # fmt: skip
+        if not moving:
+            continue
+        ratios = "  ".join(f"{b:g} -> {a:g} ({a / b:.2f}x)" if b else f"{b:g} -> {a:g}" for b, a in moving)
+        print(f"  {label[:60]:<60} {ratios}")
 
 
 if __name__ == "__main__":

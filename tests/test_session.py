@@ -197,6 +197,24 @@ def test_bad_calls_are_refused_whole(db: Database) -> None:
         Session.reopen(db, s.id, tools=TOOLS)
     with pytest.raises(WorkflowError, match="not 'halted'"):
         _open(db).close("halted")
+    with pytest.raises(WorkflowError, match="session name 'two words'"):
+        Session.open(db, tools=TOOLS, policy=POLICY, name="two words")
+    with pytest.raises(WorkflowError, match="max_calls must be at least 1"):
+        Session.open(db, tools=TOOLS, policy=POLICY, max_calls=0)
+    from tether.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="never be checked"):
+        Session.open(db, tools=TOOLS, policy=PolicySet.from_text(
+            "policies:\n  - name: typo\n    if: {tool: payments.refund, amount: '> 5'}\n    then: {action: deny}\n"))
+    assert _count(db, runs) == before[1] + 1  # the refused opens wrote nothing (one is the session closed above as halted)
+
+
+def test_max_calls_ends_the_session(db: Database) -> None:
+    s = _open(db, max_calls=1)
+    assert s.call("send_email", {"to": "bob@example.com", "body": "one"}).ok
+    with pytest.raises(SessionClosed, match="made its 1 calls"):
+        s.call("send_email", {"to": "bob@example.com", "body": "two"})
+    assert s.status == "budget_exhausted" and BANK.mail == ["bob@example.com"]
 
 
 def test_a_killed_session_halts_and_refuses_calls(db: Database, db_url: str) -> None:
@@ -312,3 +330,20 @@ def test_the_api_shows_a_session_and_decides_its_calls(db: Database) -> None:
     done = s.resume_call(big.approval_id or "")
     assert done.ok and BANK.refunds[0][:2] == ("T8", 800.0)
     s.close()
+
+
+def test_the_agents_own_model_calls_are_metered_and_bounded(db: Database, db_url: str) -> None:
+    s = _open(db, cost_ceiling_usd=0.01)
+    cost = s.record_usage("openai:gpt-4.1-mini", input_tokens=1000, output_tokens=200)
+    assert cost["cost_usd"] > 0 and cost["calls"][0]["price_version"]
+    res = CliRunner().invoke(cli, ["costs", "--json", "--db", db_url])
+    assert res.exit_code == 0 and "support-agent" in res.output
+    again = Session.reopen(db, s.id, tools=TOOLS, deps=BANK)  # the spend so far stays with the session
+    assert again.meter.spent == pytest.approx(cost["cost_usd"])
+    with pytest.raises(SessionClosed, match="past the session's cost ceiling"):
+        again.record_usage("openai:gpt-4.1-mini", input_tokens=100_000, output_tokens=10_000)
+    with db.read() as conn:
+        row = conn.execute(sa.select(runs.c.status, runs.c.cost_usd).where(runs.c.id == s.id)).first()
+    assert row.status == "cost_ceiling" and row.cost_usd > 0.01
+    with pytest.raises(WorkflowError, match="token counts"):
+        _open(db).record_usage("openai:gpt-4.1-mini", input_tokens=-1, output_tokens=0)

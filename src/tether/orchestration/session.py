@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets as _secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -42,6 +43,9 @@ from tether.guardrails.approvals import principal as _principal
 from tether.guardrails.loading import Policy, load_policy, policy_from_text
 from tether.guardrails.provenance import Origin, Provenance, Trust, learn_result
 from tether.models import budgets
+from tether.models.base import Choice, ModelCall, Usage
+from tether.models.meter import RunMeter, env_ceiling
+from tether.models.prices import load_prices
 from tether.orchestration import rollout, spans
 from tether.orchestration._journal import Journal
 from tether.orchestration.pipeline import CallPipeline, CallScope
@@ -60,6 +64,7 @@ from tether.tools.registry import ToolRegistry
 from tether.tools.tool import Tool
 from tether.types import Approval, Decision, RunInfo, RunStatus, ToolCall, ToolResult
 
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 SESSION_PREFIX = "session:"  # a session's workflow_ref: what tells a session's run from a workflow's
 STATE = "session"
 _ENDINGS = (RunStatus.COMPLETED, RunStatus.ESCALATED, RunStatus.FAILED, RunStatus.CANCELLED)
@@ -112,7 +117,7 @@ class Session:
     def __init__(
         self, db: Database, *, run_id: str, name: str, tenant: str, principal: str, agent: str, policy: Policy,
         tools: ToolRegistry, journal: Journal, pipeline: CallPipeline, tracing: Tracing, deps: Any,
-        trace_ids: tuple[str | None, str | None], max_calls: int | None, close_pipeline: bool,
+        trace_ids: tuple[str | None, str | None], max_calls: int | None, close_pipeline: bool, meter: RunMeter,
     ) -> None:  # fmt: skip
         """Use `Session.open` or `Session.reopen`."""
         self.db, self.id, self.name, self.tenant, self.principal = db, run_id, name, tenant, principal
@@ -126,6 +131,8 @@ class Session:
         self._pending: dict[str, ToolCall] = {}  # approval id -> the call waiting on it
         self._seen: set[str] = set()  # approval ids of calls already carried out
         self._taken = False  # another process reopened the session: this object writes nothing more
+        self._usage_n = 0
+        self.meter = meter  # what the agent's own model calls cost (record_usage), against the ceiling
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -144,16 +151,27 @@ class Session:
         tracing: Tracing | None = None,
         pipeline: CallPipeline | None = None,
         max_calls: int | None = None,
+        cost_ceiling_usd: float | None = None,
         session_id: str | None = None,
     ) -> Session:
         """Open a session: a new run named `name`, started by `principal` (who may then not approve
         its calls), whose calls are proposed by `agent` (a model: what it writes is untrusted unless a
         trusted source holds the same value). `policy` is a loaded policy or a policy file. A killed
-        `name` or a spent tenant/feature budget refuses the session, writing nothing."""
+        `name` or a spent tenant/feature budget refuses the session, writing nothing. `max_calls`
+        ends the session (`budget_exhausted`) at the call past it, counted over its whole life.
+        `pipeline` shares one governed call path (its credentials, limits and thread pool) among
+        sessions; by default each session builds its own on `db`. `cost_ceiling_usd` (else
+        $TETHER_COST_CEILING_USD) bounds what `record_usage` may report before the session ends."""
+        if not (isinstance(name, str) and _NAME.fullmatch(name)):
+            raise WorkflowError(f"session name {name!r} must be 1 to 100 letters, digits, '_', '-', '.' or ':'")
         registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
         pol = load_policy(policy) if isinstance(policy, str) or hasattr(policy, "__fspath__") else policy
         if max_calls is not None and max_calls < 1:
             raise WorkflowError(f"session {name}: max_calls must be at least 1")
+        if cost_ceiling_usd is not None and not cost_ceiling_usd >= 0:
+            raise WorkflowError(f"session {name}: cost_ceiling_usd must be >= 0")
+        ceiling = cost_ceiling_usd if cost_ceiling_usd is not None else env_ceiling()
+        prices = load_prices()  # a broken $TETHER_PRICES fails here, before the session exists
         errors, _ = pol.lint({t.name: t.schema for t in registry})
         if errors:
             raise PolicyError(f"{errors[0]} (the rule would never be checked; fix the argument name)")
@@ -170,7 +188,8 @@ class Session:
                 ledger.append(conn, "policy_loaded", loaded)
             store.insert_run(conn, id=run_id, workflow=name, workflow_ref=SESSION_PREFIX + name,
                              workflow_version=_version(described), status=RunStatus.RUNNING.value, input=plain_input,
-                             started_by=started_by, tenant=tenant, policy_hash=pol.hash, driver=holder)  # fmt: skip
+                             started_by=started_by, tenant=tenant, policy_hash=pol.hash, driver=holder,
+                             cost_ceiling_usd=ceiling)  # fmt: skip
             ledger.append(conn, "run_started", {"workflow": name, "version": _version(described), "policy_hash": pol.hash,
                                                 "started_by": started_by, "tenant": tenant, "session": True,
                                                 "input_sha256": digest(plain_input)}, run_id=run_id)  # fmt: skip
@@ -187,7 +206,8 @@ class Session:
         own = pipeline is None
         return cls(db, run_id=run_id, name=name, tenant=tenant, principal=started_by, agent=agent, policy=pol,
                    tools=registry, journal=journal, pipeline=pipeline or governed_pipeline(db, registry, secrets),
-                   tracing=tracing, deps=deps, trace_ids=trace_ids, max_calls=max_calls, close_pipeline=own)  # fmt: skip
+                   tracing=tracing, deps=deps, trace_ids=trace_ids, max_calls=max_calls, close_pipeline=own,
+                   meter=RunMeter(prices, ceiling))  # fmt: skip
 
     @classmethod
     def reopen(
@@ -223,7 +243,8 @@ class Session:
         session = cls(db, run_id=session_id, name=row.workflow, tenant=row.tenant, principal=row.started_by,
                       agent=row.input.get("agent", "agent"), policy=pol, tools=registry, journal=journal,
                       pipeline=pipeline or governed_pipeline(db, registry, secrets), tracing=tracing or Tracing(),
-                      deps=deps, trace_ids=(row.trace_id, row.root_span_id), max_calls=max_calls, close_pipeline=own)  # fmt: skip
+                      deps=deps, trace_ids=(row.trace_id, row.root_span_id), max_calls=max_calls, close_pipeline=own,
+                      meter=RunMeter(load_prices(), row.cost_ceiling_usd, row.cost_usd or 0.0, row.tokens or 0))  # fmt: skip
         session.status = row.status
         session._rebuild(recorded)
         return session
@@ -320,6 +341,31 @@ class Session:
         learn_result(self.provenance, t, _origins(call), result)
         self._flush()
         return result
+
+    def record_usage(self, model: str, *, input_tokens: int, output_tokens: int, cached: bool = False) -> dict[str, Any]:
+        """Report a call your agent made to its own model (`model` as priced: `openai:gpt-4.1-mini`),
+        so the session's cost, `tether costs`, tenant and feature budgets see it. Returns what it
+        cost. Past the session's cost ceiling, the session ends `cost_ceiling` (the usage is kept)
+        and this raises SessionClosed."""
+        self._check_open()
+        if not (isinstance(input_tokens, int) and isinstance(output_tokens, int) and input_tokens >= 0 and output_tokens >= 0):
+            raise WorkflowError(f"record_usage takes token counts >= 0, got {input_tokens!r} and {output_tokens!r}")
+        usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+        choice = Choice(point="agent", option=None, confidence=1.0, model=model, usage=usage,
+                        calls=[ModelCall(model=model, usage=usage, cached=cached)])  # fmt: skip
+        cost = self.meter.charge(choice)
+        self._usage_n += 1
+        op = f"usage.{self._usage_n}"  # the model_calls row's call id: one per reported call in this session object
+        self._journal.add("usage", None, {"model": model, "cost": cost})
+        self._journal.add_costs(op, self.tenant, self.name, cost["calls"])
+        self._journal.set_run_values(cost_usd=round(self.meter.spent, 8), tokens=self.meter.tokens)
+        self._flush()
+        ceiling = self.meter.ceiling_usd
+        if ceiling is not None and self.meter.spent > ceiling:
+            why = f"the agent's model calls cost ${self.meter.spent:.6f}, past the session's cost ceiling of ${ceiling:.4f}"
+            self._end(RunStatus.COST_CEILING, why)
+            raise SessionClosed(f"session {self.id} ended: {why}")
+        return cost
 
     def pending(self) -> list[str]:
         """Approval ids of this session's calls that wait for a person."""
