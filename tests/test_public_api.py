@@ -40,6 +40,8 @@ def test_every_exported_class_and_function_has_its_own_docstring() -> None:
             continue  # aliases (Next), marks (PII, SECRET)
         own = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
         assert own and own.strip(), f"tether.{name} has no docstring"
+        # A dataclass without one gets its signature as a docstring: that documents nothing.
+        assert not own.startswith(f"{obj.__name__}("), f"tether.{name} has only the docstring @dataclass made"
 
 
 def test_the_package_is_typed() -> None:

@@ -206,7 +206,7 @@ def test_bad_calls_are_refused_whole(db: Database) -> None:
     with pytest.raises(PolicyError, match="never be checked"):
         Session.open(db, tools=TOOLS, policy=PolicySet.from_text(
             "policies:\n  - name: typo\n    if: {tool: payments.refund, amount: '> 5'}\n    then: {action: deny}\n"))
-    assert _count(db, runs) == before[1] + 1  # the refused opens wrote nothing (one is the session closed above as halted)
+    assert _count(db, runs) == before[1] + 1  # the refused opens wrote nothing (the one more: `_open(db)` above)
 
 
 def test_max_calls_ends_the_session(db: Database) -> None:
@@ -347,3 +347,73 @@ def test_the_agents_own_model_calls_are_metered_and_bounded(db: Database, db_url
     assert row.status == "cost_ceiling" and row.cost_usd > 0.01
     with pytest.raises(WorkflowError, match="token counts"):
         _open(db).record_usage("openai:gpt-4.1-mini", input_tokens=-1, output_tokens=0)
+
+
+def test_a_shared_pipeline_runs_only_the_sessions_own_tools(db: Database) -> None:
+    from tether.orchestration.runtime import governed_pipeline
+    from tether.tools.registry import ToolRegistry
+
+    shared = governed_pipeline(db, ToolRegistry(TOOLS))
+    mailer = Session.open(db, tools=TOOLS[:1], policy=POLICY, principal="alice", name="mailer", pipeline=shared)
+    r = mailer.call("payments.refund", {"transaction_id": "T1", "amount_usd": 5})
+    assert r.status == "invalid" and r.error == "unknown tool 'payments.refund'" and BANK.refunds == []
+    assert mailer.call("send_email", {"to": "bob@example.com", "body": "x"}).ok
+    mailer.close()
+    shared.close()
+
+
+def test_reopen_takes_the_tools_in_any_order_and_names_a_changed_one(db: Database) -> None:
+    s = _open(db)
+    again = Session.reopen(db, s.id, tools=list(reversed(TOOLS)), deps=BANK)
+    changed = Tool.from_function(send_email, risk_tier="high")
+    with pytest.raises(WorkflowError, match="tool send_email is not as it was"):
+        Session.reopen(db, s.id, tools=[changed, TOOLS[1]])
+    with pytest.raises(WorkflowError, match=r"missing: payments.refund"):
+        Session.reopen(db, s.id, tools=TOOLS[:1])
+    again.close()
+
+
+def test_a_session_is_cancelled_from_outside(db: Database, db_url: str) -> None:
+    s = _open(db)
+    big = s.call("payments.refund", {"transaction_id": "T6", "amount_usd": 600})
+    res = CliRunner().invoke(cli, ["runs", "cancel", s.id, "--as", "olga", "--reason", "agent is gone", "--db", db_url])
+    assert res.exit_code == 0, res.output
+    with db.read() as conn:
+        row = conn.execute(sa.select(runs.c.status, runs.c.error).where(runs.c.id == s.id)).first()
+        apr = conn.execute(sa.select(approvals.c.status).where(approvals.c.id == big.approval_id)).scalar()
+    assert row.status == "cancelled" and "agent is gone" in row.error and apr == "withdrawn"
+    with pytest.raises(RunTakenOver):  # the agent that held it writes nothing more
+        s.call("send_email", {"to": "bob@example.com", "body": "x"})
+    assert BANK.mail == [] and Ledger(db).verify().ok
+    again = CliRunner().invoke(cli, ["runs", "cancel", s.id, "--as", "olga", "--db", db_url])
+    assert again.exit_code != 0 and "has ended" in again.output
+
+
+def test_wait_sees_an_approval_expire(db: Database) -> None:
+    expiring = PolicySet.from_text("policies:\n  - name: quick\n    if: {tool: payments.refund}\n"
+                                   "    then: {action: require_human_approval, expires_in: 1s}\n")  # fmt: skip
+    s = Session.open(db, tools=TOOLS, policy=expiring, principal="alice", name="quick", deps=BANK)
+    big = s.call("payments.refund", {"transaction_id": "T2", "amount_usd": 5})
+    r = s.wait(big.approval_id or "", timeout=10, poll_s=0.2)
+    assert r.status == "rejected" and r.error == "rejected by expiry: expired without a decision" and BANK.refunds == []
+    s.close()
+
+
+def test_the_callers_exception_is_the_one_raised_from_a_with_block(db: Database) -> None:
+    with pytest.raises(ValueError, match="the agent broke"):
+        with _open(db) as s:
+            Session.reopen(db, s.id, tools=TOOLS)  # taken over inside the block
+            raise ValueError("the agent broke")
+
+
+def test_unpriced_usage_cannot_pass_a_ceiling(db: Database) -> None:
+    s = _open(db, cost_ceiling_usd=1.0)
+    s.record_usage("openai:gpt-4.1-mini", input_tokens=10, output_tokens=10)
+    again = Session.reopen(db, s.id, tools=TOOLS)
+    with pytest.raises(SessionClosed, match="has no price"):
+        again.record_usage("mystery:model-x", input_tokens=10**9, output_tokens=0)
+    with db.read() as conn:
+        from tether.record.tables import model_calls
+
+        ids = sorted(conn.execute(sa.select(model_calls.c.call_id).where(model_calls.c.run_id == s.id)).scalars())
+    assert ids == ["usage.1", "usage.2"]  # one row per report, numbered across the reopen

@@ -181,3 +181,52 @@ def test_plain_names_and_globs() -> None:
                          CallScope(RunInfo("r", 1, "t"), deny, _Rec()))  # fmt: skip
     assert r.status == "denied" and r.decision is not None and r.decision.rules == ["no_lookups"]
     pipeline.close()
+
+
+def test_from_function_edge_cases() -> None:
+    def clash(arg_1: str, copy: str) -> list[str]:  # `copy` is BaseModel's: it needs an alias, not arg_1's name
+        return [arg_1, copy]
+
+    t = Tool.from_function(clash)
+    assert set(t.schema["properties"]) == {"arg_1", "copy"}
+    assert _call(t, {"arg_1": "a", "copy": "b"}).output == ["a", "b"]
+
+    def positional_ctx(ctx: ToolContext[None], /, n: int) -> int:
+        return n
+
+    with pytest.raises(ToolError, match="cannot be positional-only"):
+        Tool.from_function(positional_ctx)
+
+    class Point(Args):  # a model of the declaring scope
+        x: int
+        y: int
+
+    def norm(p: Point) -> int:
+        return abs(p.x) + abs(p.y)
+
+    n = Tool.from_function(norm)
+    assert _call(n, {"p": {"x": 3, "y": -4}}).output == 7
+    assert _call(n, {"p": {"x": 3, "y": -4, "z": 1}}).status == "invalid"
+
+    def with_option(args: dict[str, Any], retries: int = 2) -> Any:
+        return [args, retries]
+
+    assert _call(Tool.from_schema("opt.call", {"type": "object"}, with_option), {"a": 1}).output == [{"a": 1}, 2]
+
+
+def test_a_cancelled_async_tool_is_an_error_result() -> None:
+    async def cancelled(n: int) -> int:
+        raise asyncio.CancelledError()
+
+    r = _call(Tool.from_function(cancelled), {"n": 1})
+    assert r.status == "error" and r.error is not None and r.error.startswith("CancelledError")
+
+
+def test_the_pipeline_records_in_order() -> None:
+    t = Tool.from_function(lookup)
+    rec = _Rec()
+    pipeline = CallPipeline(ToolProxy(ToolRegistry([t])))
+    pipeline.propose(ToolCall(call_id="1", tool="lookup", args={"order_id": "x"}, proposer="t"), CallScope(RunInfo("r", 1, "t"), ALLOW, rec))
+    pipeline.propose(ToolCall(call_id="2", tool="lookup", args={}, proposer="t"), CallScope(RunInfo("r", 1, "t"), ALLOW, rec))
+    pipeline.close()
+    assert rec.seen == ["proposed", "allow", "ok", "proposed", "invalid"]

@@ -34,6 +34,8 @@ ApprovalStatus = Literal["pending", "approved", "denied", "expired", "withdrawn"
 
 @dataclass(frozen=True)
 class ApprovalRequest:
+    """One call waiting for people: the proposed call, the rule that asked, who must decide, votes so far."""
+
     id: str
     run_id: str
     call_id: str
@@ -123,14 +125,14 @@ def request(
     return approval_id, body
 
 
-def withdraw(conn: sa.Connection, run_id: str, by: str) -> list[str]:
-    """Withdraw a cancelled run's pending requests (inside the caller's transaction); their ids."""
+def withdraw(conn: sa.Connection, run_id: str, by: str, reason: str = "run cancelled") -> list[str]:
+    """Withdraw a stopped run's pending requests (inside the caller's transaction); their ids."""
     # An undo's own request stays: withdrawing it would leave the effect in place.
     ids = list(conn.execute(sa.select(approvals.c.id).where(approvals.c.run_id == run_id, approvals.c.status == "pending",
                                                             approvals.c.call_id.not_like("undo:%"))).scalars())  # fmt: skip
     if ids:
         conn.execute(approvals.update().where(approvals.c.id.in_(ids)).values(
-            status="withdrawn", decided_by=by, decided_at=_iso(dt.datetime.now(dt.UTC)), reason="run cancelled"))  # fmt: skip
+            status="withdrawn", decided_by=by, decided_at=_iso(dt.datetime.now(dt.UTC)), reason=reason))  # fmt: skip
     return ids
 
 
@@ -169,6 +171,12 @@ class ApprovalInbox:
     def get(self, approval_id: str) -> ApprovalRequest:
         with self.db.read() as conn:
             return self._get(conn, approval_id)
+
+    def current(self, approval_id: str, now: dt.datetime | None = None) -> ApprovalRequest:
+        """The request as it stands now: if its time ran out, expired (or escalated) first, and
+        ledgered as `expire` does, so a caller waiting on it never waits past its expiry."""
+        with self.db.transaction() as conn:
+            return _expire(conn, self._get(conn, approval_id), now or dt.datetime.now(dt.UTC))
 
     @staticmethod
     def _get(conn: sa.Connection, approval_id: str) -> ApprovalRequest:

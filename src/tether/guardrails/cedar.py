@@ -55,6 +55,8 @@ class _RuleInfo:
 
 @dataclass(frozen=True)
 class CedarPolicy:
+    """A Cedar policy file deciding through the same interface as YAML (`forbid` rules may ask a person)."""
+
     text: str
     source: str
     hash: str

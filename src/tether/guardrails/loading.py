@@ -42,6 +42,8 @@ class Policy(Protocol):
 
 @dataclass(frozen=True)
 class PolicyStack:
+    """Several policies (YAML and Cedar, from `include:`) deciding together: the strictest answer wins."""
+
     parts: tuple[PolicySet | CedarPolicy, ...]
     source: str
     text: str

@@ -72,6 +72,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class PolicySet:
+    """A loaded YAML policy file: its rules, default, limits and content hash; `decide` makes a Decision."""
+
     rules: tuple[Rule, ...]
     default: Action
     hash: str

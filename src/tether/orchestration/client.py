@@ -25,6 +25,7 @@ from tether.orchestration import engine
 from tether.orchestration.admission import default_user
 from tether.orchestration.decide import Decided, decide_and_resume
 from tether.orchestration.runtime import FINAL_STATUSES, PAUSED, RunResult, Runtime
+from tether.orchestration.session import cancel as cancel_session
 from tether.orchestration.session import is_session
 from tether.orchestration.workflow import Workflow, load
 from tether.record import runs as store
@@ -87,7 +88,10 @@ class Client:
     def cancel(self, run_id: str, *, by: str, reason: str | None = None) -> RunResult:
         """Stop a run waiting for approval (or interrupted): its requests are withdrawn and its
         effects undone (`Runtime.cancel`)."""
-        return self.runtime.cancel(run_id, load(self._row(run_id).workflow_ref), by=by, reason=reason)
+        row = self._row(run_id)
+        if is_session(row.workflow_ref):  # no code to run: its approvals are withdrawn and it ends
+            return cancel_session(self.db, run_id, by=by, reason=reason)
+        return self.runtime.cancel(run_id, load(row.workflow_ref), by=by, reason=reason)
 
     def decide(
         self, approval_id: str, *, approve: bool, by: str, reason: str | None = None,

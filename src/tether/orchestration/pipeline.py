@@ -3,8 +3,8 @@
     validate -> record proposal -> assess (risk, trust) -> decide -> action budget
              -> [ask a person] -> rate limits -> credential -> execute -> result cap -> record result
 
-Every front door (a workflow's `RunContext`, a `Session`, the MCP gateway, the framework
-adapters) goes through `CallPipeline`. Three entry points instead of mode flags:
+Every front door (a workflow's `RunContext` and a `Session` today; the MCP gateway and the
+framework adapters are to be built on it) goes through `CallPipeline`. Three entry points instead of mode flags:
 
 - `propose`: a new call, decided afresh; it may end `pending_approval`.
 - `execute_approved`: a call a person decided; a rejection ends it, an approval runs it.
@@ -35,12 +35,14 @@ from tether.types import Approval, CallRecorder, Decision, RunInfo, ToolCall, To
 @dataclass(frozen=True)
 class CallScope:
     """What a call is made in: its run, the policy it is judged by, where it is recorded,
-    and the dependencies its tool gets (`ctx.deps`)."""
+    the dependencies its tool gets (`ctx.deps`), and (`tools`) the names it may call when the
+    pipeline's registry holds more (a pipeline shared by sessions with different tools)."""
 
     run: RunInfo
     policy: Any  # tether.guardrails.loading.Policy
     recorder: CallRecorder
     deps: Any = None
+    tools: frozenset[str] | None = None
 
 
 @dataclass
@@ -54,7 +56,6 @@ class _Flight:
     clean: dict[str, Any] = field(default_factory=dict)
     decision: Decision | None = None
     approval: Approval | None = None
-    draw_limits: bool = True  # a call being finished drew from its limits when it first ran
     status: str = "ok"
     output: Any = None
     error: str | None = None
@@ -91,7 +92,8 @@ class CallPipeline:
     def finish_cleared(
         self, call: ToolCall, scope: CallScope, decision: Decision, approval: Approval | None = None
     ) -> ToolResult:
-        return self._run(_Flight(call, scope, decision=decision, approval=approval, draw_limits=False), _CLEARED)
+        # No limit draw or budget check: a call being finished was counted when it was cleared.
+        return self._run(_Flight(call, scope, decision=decision, approval=approval), _CLEARED)
 
     def close(self) -> None:
         self.proxy.close()
@@ -114,6 +116,8 @@ class CallPipeline:
 # -- the stages ----------------------------------------------------------------------
 def _validate(p: CallPipeline, f: _Flight) -> ToolResult | None:
     try:
+        if f.scope.tools is not None and f.call.tool not in f.scope.tools:
+            raise UnknownTool(f"unknown tool {f.call.tool!r}")
         f.tool, f.parsed = p.proxy.validate(f.call)
     except (UnknownTool, InvalidArguments) as e:
         f.scope.recorder.proposed(f.call, None, str(e), p.proxy.schema_of(f.call.tool))
@@ -173,7 +177,7 @@ def _apply_approval(p: CallPipeline, f: _Flight) -> ToolResult | None:
 def _limits(p: CallPipeline, f: _Flight) -> ToolResult | None:
     assert f.tool is not None
     limits = getattr(f.scope.policy, "limits", ())
-    if not limits or not f.draw_limits:
+    if not limits:
         return None
     broken = p.limiter.take(limits, f.tool.name, f.scope.run.tenant, f.scope.run.run_id)
     return f.end("denied", f"rate limit {broken} reached; try later") if broken else None

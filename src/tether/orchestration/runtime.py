@@ -64,6 +64,8 @@ FAILED_STATUSES, FINAL_STATUSES, CANCELLED = store.FAILED_STATUSES, store.FINAL_
 
 @dataclass(frozen=True)
 class RunResult:
+    """Where a run (or a session) stands after it was driven: status, outcome, steps, and what it waits on."""
+
     run_id: str
     workflow: str
     status: str

@@ -90,8 +90,26 @@ def recorded_tool(d: Mapping[str, Any], fn: Any) -> Tool:
                             untrusted_output=tuple(u) if isinstance(u, list) else u, timeout_s=d.get("timeout_s"))  # fmt: skip
 
 
+_GOVERNING = ("name", "schema", "side_effect", "target", "risk_tier", "risk_amount", "risk_volume", "untrusted_output")
+
+
+def _governing(described: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What of each tool decides how a call to it is judged (not its description or timeout), by name."""
+    return {d["name"]: {k: d.get(k) for k in _GOVERNING} for d in described}
+
+
 def _version(described: list[dict[str, Any]]) -> str:
-    return digest(described)[:16]
+    return digest(sorted(_governing(described).items()))[:16]
+
+
+def _difference(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> str:
+    before, after = _governing(was), _governing(now)
+    if set(before) != set(after):
+        gone, new = sorted(set(before) - set(after)), sorted(set(after) - set(before))
+        return "it was opened with other tools" + (f" (missing: {', '.join(gone)})" if gone else "") + (
+            f" (not in it: {', '.join(new)})" if new else "")
+    changed = sorted(n for n in before if before[n] != after[n])
+    return f"tool {changed[0]} is not as it was when the session opened (its schema or risk settings changed)"
 
 
 def _plain_args(tool: str, args: Any) -> dict[str, Any]:
@@ -132,6 +150,7 @@ class Session:
         self._seen: set[str] = set()  # approval ids of calls already carried out
         self._taken = False  # another process reopened the session: this object writes nothing more
         self._usage_n = 0
+        self._names = frozenset(tools.names())  # a shared pipeline may hold more tools: these are this session's
         self.meter = meter  # what the agent's own model calls cost (record_usage), against the ceiling
 
     # -- opening -------------------------------------------------------------------
@@ -227,9 +246,8 @@ class Session:
         registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
         described = [describe(t) for t in registry]
         if _version(described) != row.workflow_version:
-            was = sorted(d["name"] for d in row.input.get("tools", []))
-            raise WorkflowError(f"session {session_id} was opened with other tools ({', '.join(was) or 'none'}) or other "
-                                "schemas; reopen it with the tools it was opened with")  # fmt: skip
+            raise WorkflowError(f"session {session_id}: {_difference(row.input.get('tools', []), described)}; reopen "
+                                "it with the tools it was opened with")  # fmt: skip
         pol = policy_from_text(text, source)
         holder = store.new_driver(None)
         with db.transaction() as conn:
@@ -246,6 +264,7 @@ class Session:
                       deps=deps, trace_ids=(row.trace_id, row.root_span_id), max_calls=max_calls, close_pipeline=own,
                       meter=RunMeter(load_prices(), row.cost_ceiling_usd, row.cost_usd or 0.0, row.tokens or 0))  # fmt: skip
         session.status = row.status
+        session._usage_n = sum(e.kind == "usage" for e in recorded)
         session._rebuild(recorded)
         return session
 
@@ -322,7 +341,7 @@ class Session:
         `rejected`. Still undecided: `pending_approval`, nothing written."""
         self._check_open()
         call = self._pending_call(approval_id)
-        req = approvals.ApprovalInbox(self.db).get(approval_id)
+        req = approvals.ApprovalInbox(self.db).current(approval_id)  # expired now if its time ran out
         decision_ev = next(e for e in reversed(self._journal.replayed(call.call_id)) if e.kind == "decision")
         decision = Decision.model_validate(decision_ev.data)
         if req.status == "pending":
@@ -354,6 +373,7 @@ class Session:
         choice = Choice(point="agent", option=None, confidence=1.0, model=model, usage=usage,
                         calls=[ModelCall(model=model, usage=usage, cached=cached)])  # fmt: skip
         cost = self.meter.charge(choice)
+        unpriced = cost["calls"][0]["price_version"] is None and not cached
         self._usage_n += 1
         op = f"usage.{self._usage_n}"  # the model_calls row's call id: one per reported call in this session object
         self._journal.add("usage", None, {"model": model, "cost": cost})
@@ -361,8 +381,12 @@ class Session:
         self._journal.set_run_values(cost_usd=round(self.meter.spent, 8), tokens=self.meter.tokens)
         self._flush()
         ceiling = self.meter.ceiling_usd
-        if ceiling is not None and self.meter.spent > ceiling:
+        why = None
+        if ceiling is not None and unpriced:  # fail closed: what cannot be priced cannot be held to a ceiling
+            why = f"model {model!r} has no price (add it with $TETHER_PRICES), so the session's cost ceiling cannot hold"
+        elif ceiling is not None and self.meter.spent > ceiling:
             why = f"the agent's model calls cost ${self.meter.spent:.6f}, past the session's cost ceiling of ${ceiling:.4f}"
+        if why:
             self._end(RunStatus.COST_CEILING, why)
             raise SessionClosed(f"session {self.id} ended: {why}")
         return cost
@@ -380,6 +404,7 @@ class Session:
         value = pydantic_core.to_jsonable_python(value)
         self.provenance.add(value, source, trust)
         self._journal.add("label", None, {"source": source, "trust": trust, "value": value})
+        self._flush()  # a reopened session must know it too
 
     # -- ending --------------------------------------------------------------------
     def close(self, status: str = RunStatus.COMPLETED, *, outcome: str | None = None, error: str | None = None) -> RunResult:
@@ -398,8 +423,9 @@ class Session:
             if self.status not in _FINAL and not self._taken:
                 if exc is None:
                     self.close()
-                else:
-                    self.close(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+                else:  # the caller's exception is the one to see; a session that cannot end here says so in its row
+                    with contextlib.suppress(SessionClosed, RunTakenOver):
+                        self.close(RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
         finally:
             self._release()
 
@@ -408,11 +434,12 @@ class Session:
         self._journal.add("end", None, {"status": status.value, "outcome": outcome, "error": error,
                                         "withdrawn_approvals": withdrawn})  # fmt: skip
         self._journal.add_ledger("run_finished", {"status": status.value, "outcome": outcome, "steps": self._journal.step,
-                                                  "error": self.db.redactor.text(error) if error else None})  # fmt: skip
+                                                  "error": self.db.redactor.text(error) if error else None,
+                                                  "withdrawn_approvals": withdrawn})  # fmt: skip
 
         def finish(conn: Any) -> None:  # in the ending's transaction, after the driver check: all or nothing
             if withdrawn:
-                approvals.withdraw(conn, self.id, self.principal)
+                approvals.withdraw(conn, self.id, self.principal, reason=f"session ended {status.value}")
             self._tracing.save(conn, self.id)
 
         with self._holding():
@@ -448,7 +475,7 @@ class Session:
 
     def _scope(self, step: int | None = None) -> CallScope:
         run = RunInfo(run_id=self.id, step=step if step is not None else self._journal.step, tenant=self.tenant)
-        return CallScope(run=run, policy=self.policy, recorder=self._journal, deps=self._deps)
+        return CallScope(run=run, policy=self.policy, recorder=self._journal, deps=self._deps, tools=self._names)
 
     def _span(self, call: ToolCall) -> Any:
         ctx = parent_context(*self._trace_ids)
@@ -479,6 +506,41 @@ class Session:
 
 
 _FINAL = frozenset(s for s in RunStatus if s.final)
+
+
+def cancel(db: Database, session_id: str, *, by: str, reason: str | None = None) -> RunResult:
+    """Stop a session from outside (its agent is gone, or must stop): its pending approvals are
+    withdrawn and it ends `cancelled`, in one transaction. Whoever still holds it writes nothing
+    more (its next call raises RunTakenOver). Its effects are not undone: a session declares no
+    compensations; the ledger says what it did."""
+    by = _principal(by)
+    with db.read() as conn:
+        row = store.get_run(conn, session_id)
+    if not is_session(row.workflow_ref):
+        raise WorkflowError(f"run {session_id} is a run of workflow {row.workflow}, not a session")
+    if row.status in {s.value for s in _FINAL}:
+        raise SessionClosed(f"session {session_id} has ended ({row.status})")
+    holder = store.new_driver(None)
+    with db.transaction() as conn:
+        if not store.claim_run(conn, session_id, row.status, row.status, driver=holder):
+            raise RunTakenOver(f"session {session_id} changed while it was being cancelled; try again")
+        recorded = store.load_events(conn, session_id)
+    journal = Journal(db, session_id, recorded, driver=holder)
+    journal.state, journal.step = STATE, max((e.step for e in recorded), default=0)
+    error = f"cancelled by {by}" + (f": {reason}" if reason else "")
+    withdrawn: list[str] = []
+    journal.add("cancel", None, {"by": by, "reason": reason})
+    journal.add_ledger("run_cancelled", {"by": by, "reason": reason})
+
+    def finish(conn: Any) -> None:
+        withdrawn.extend(approvals.withdraw(conn, session_id, by, reason="session cancelled"))
+        ledger.append(conn, "run_finished", {"status": RunStatus.CANCELLED.value, "outcome": None, "steps": journal.step,
+                                             "error": db.redactor.text(error), "withdrawn_approvals": withdrawn},
+                      run_id=session_id)  # fmt: skip
+
+    journal.add("end", None, {"status": RunStatus.CANCELLED.value, "outcome": None, "error": error})
+    journal.flush(finish, status=RunStatus.CANCELLED.value, error=error)
+    return RunResult(session_id, row.workflow, RunStatus.CANCELLED.value, None, journal.step, error)
 
 
 def _origins(call: ToolCall) -> dict[str, Origin]:

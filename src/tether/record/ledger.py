@@ -28,6 +28,8 @@ GENESIS = "0" * 64
 
 @dataclass(frozen=True)
 class LedgerEntry:
+    """One hash-chained ledger entry: its kind, body, run, and the hashes linking it to the one before."""
+
     seq: int
     ts: str
     run_id: str | None
@@ -68,6 +70,8 @@ def _hash(seq: int, ts: str, run_id: str | None, kind: str, body_bytes: bytes, p
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """The result of checking the ledger's hash chain: ok, how many entries, and the first bad one."""
+
     ok: bool
     entries: int
     first_bad: int | None = None

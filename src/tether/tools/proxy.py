@@ -9,6 +9,7 @@ first and hands the proxy only calls the policy (and, where asked, a person) cle
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import dataclasses
 import json
@@ -111,7 +112,7 @@ class ToolProxy:
                 out = self._pool.submit(t.execute, ctx, args).result(timeout=t.timeout_s)
         except cf.TimeoutError:
             return "timeout", None, f"{t.name} did not finish within {t.timeout_s:g}s", t.retry.timeouts
-        except Exception as e:  # noqa: BLE001 - a tool's failure is a result, not a crash
+        except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - a tool's failure is a result, not a crash
             retryable = isinstance(e, (Retryable, *t.retry.on))
             return "error", None, scrub(f"{type(e).__name__}: {e}"), retryable
         try:

@@ -8,8 +8,9 @@
     def refund(ctx: ToolContext[Systems], args: RefundArgs) -> Receipt:
         "Refund a card transaction."
 
-The decorated object is a `Tool`, which cannot be called directly: the only way
-to run it is through the `ToolProxy`, which validates, gates and records.
+The decorated object is a `Tool`, which cannot be called directly: a workflow or a
+session runs it through the governed call (`CallPipeline`), which validates, gates,
+records, and only then has the `ToolProxy` execute it.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class Tool:
 
     def dump(self, parsed: Any) -> dict[str, Any]:
         """Validated arguments as plain JSON (defaults filled): what the gate decides on."""
-        return parsed.model_dump(mode="json", by_alias=True) if isinstance(parsed, BaseModel) else dict(parsed)
+        return parsed.model_dump(mode="json") if isinstance(parsed, BaseModel) else dict(parsed)
 
     def execute(self, ctx: ToolContext[Any], parsed: Any) -> Any:
         """Run the function on validated arguments. The governed call path is the only caller:
@@ -181,7 +182,7 @@ class Tool:
             raise ToolError(f"tool {name}: {fn!r} is not callable")
         tool_name = name or fn.__name__
         _check_name(tool_name, _OUTSIDE_NAME)
-        model, description, call = function_args(fn, tool_name)
+        model, description, call = function_args(fn, tool_name, sys._getframe(1).f_locals)
         options.setdefault("description", description)
         return _build(tool_name, model, model.model_json_schema(), call, fn, ToolOptions.of(tool_name, options))
 
@@ -230,7 +231,9 @@ def _closed(schema: Any) -> Any:
 def _schema_call(fn: Callable[..., Any], name: str) -> Callable[[ToolContext[Any], Any], Any]:
     if not callable(fn):
         raise ToolError(f"tool {name}: {fn!r} is not callable")
-    params = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    # Parameters with defaults are the function's own options, not what the proxy passes.
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]  # fmt: skip
     if len(params) == 2:
         return _sync(fn, name, with_ctx=True)
     if len(params) == 1:
@@ -241,7 +244,7 @@ def _schema_call(fn: Callable[..., Any], name: str) -> Callable[[ToolContext[Any
 def _sync(fn: Callable[..., Any], name: str, *, with_ctx: bool) -> Callable[[ToolContext[Any], Any], Any]:
     """(ctx, args) -> output. An `async def` runs to completion on its own event loop, in the
     proxy's worker thread, so it works whether or not the caller runs an event loop."""
-    if inspect.iscoroutinefunction(fn):
+    if _is_async(fn):
         import asyncio
 
         if with_ctx:
@@ -359,7 +362,7 @@ def _build(
     code: Callable[..., Any], o: ToolOptions, *, check_closed: bool = True,
 ) -> Tool:  # fmt: skip
     """Every way of declaring a tool ends here: one set of checks, one shape."""
-    if inspect.iscoroutinefunction(code) and o.timeout_s is None:
+    if _is_async(code) and o.timeout_s is None:
         raise ToolError(f"tool {name}: an async tool needs a timeout_s (it runs on its own event loop in a worker thread)")
     for what, arg in (("target", o.target), ("risk_amount", o.risk_amount), ("risk_volume", o.risk_volume)):
         if arg is not None and arg not in schema.get("properties", {}):
@@ -392,6 +395,10 @@ def _build(
         _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
         _code=code,
     )
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 def _invalid(tool: str, path: str, message: str) -> InvalidArguments:
