@@ -14,9 +14,14 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from tether.cli import cli
-from tether.errors import ApprovalError, InvalidArguments, RunTakenOver, WorkflowError
+from tether.errors import (
+    ApprovalError,
+    InvalidArguments,
+    RunTakenOver,
+    SessionClosed,
+    WorkflowError,
+)
 from tether.guardrails.policy import PolicySet
-from tether.errors import SessionClosed
 from tether.orchestration.session import Session
 from tether.record.db import Database
 from tether.record.ledger import Ledger
