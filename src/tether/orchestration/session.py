@@ -33,7 +33,6 @@ from tether.errors import (
     ApprovalNotFound,
     InvalidArguments,
     PolicyError,
-    RunNotFound,
     RunTakenOver,
     SessionClosed,
     WorkflowError,
@@ -249,14 +248,7 @@ class Session:
             raise WorkflowError(f"session {session_id}: {_difference(row.input.get('tools', []), described)}; reopen "
                                 "it with the tools it was opened with")  # fmt: skip
         pol = policy_from_text(text, source)
-        holder = store.new_driver(None)
-        with db.transaction() as conn:
-            if not store.claim_run(conn, session_id, row.status, row.status, driver=holder):
-                raise RunNotFound(f"session {session_id} is being reopened by another process")
-            recorded = store.load_events(conn, session_id)
-        journal = Journal(db, session_id, recorded, driver=holder)
-        journal.state = STATE
-        journal.step = max((e.step for e in recorded), default=0)
+        journal, recorded = _take(db, row, "reopened")
         own = pipeline is None
         session = cls(db, run_id=session_id, name=row.workflow, tenant=row.tenant, principal=row.started_by,
                       agent=row.input.get("agent", "agent"), policy=pol, tools=registry, journal=journal,
@@ -508,6 +500,18 @@ class Session:
 _FINAL = frozenset(s for s in RunStatus if s.final)
 
 
+def _take(db: Database, row: Any, doing: str) -> tuple[Journal, list[store.Event]]:
+    """Claim the session for this process (its holder so far writes nothing more) and its journal."""
+    holder = store.new_driver(None)
+    with db.transaction() as conn:
+        if not store.claim_run(conn, row.id, row.status, row.status, driver=holder):
+            raise RunTakenOver(f"session {row.id} changed while it was being {doing}; try again")
+        recorded = store.load_events(conn, row.id)
+    journal = Journal(db, row.id, recorded, driver=holder)
+    journal.state, journal.step = STATE, max((e.step for e in recorded), default=0)
+    return journal, recorded
+
+
 def cancel(db: Database, session_id: str, *, by: str, reason: str | None = None) -> RunResult:
     """Stop a session from outside (its agent is gone, or must stop): its pending approvals are
     withdrawn and it ends `cancelled`, in one transaction. Whoever still holds it writes nothing
@@ -520,13 +524,7 @@ def cancel(db: Database, session_id: str, *, by: str, reason: str | None = None)
         raise WorkflowError(f"run {session_id} is a run of workflow {row.workflow}, not a session")
     if row.status in {s.value for s in _FINAL}:
         raise SessionClosed(f"session {session_id} has ended ({row.status})")
-    holder = store.new_driver(None)
-    with db.transaction() as conn:
-        if not store.claim_run(conn, session_id, row.status, row.status, driver=holder):
-            raise RunTakenOver(f"session {session_id} changed while it was being cancelled; try again")
-        recorded = store.load_events(conn, session_id)
-    journal = Journal(db, session_id, recorded, driver=holder)
-    journal.state, journal.step = STATE, max((e.step for e in recorded), default=0)
+    journal, _ = _take(db, row, "cancelled")
     error = f"cancelled by {by}" + (f": {reason}" if reason else "")
     withdrawn: list[str] = []
     journal.add("cancel", None, {"by": by, "reason": reason})
