@@ -5,8 +5,10 @@
         if: {tool: "payments.refund", amount_usd: "> 100"}
         then: {action: "require_human_approval"}
 
-`tool` is a glob over tool names; every other key under `if` names an argument
-of the call and holds a comparison. A call matching no rule gets the file's
+`tool` is a glob over tool names, or a list of them; every other key under `if`
+names an argument of the call and holds a comparison. Conditions are all required
+(AND); `any: [{...}, {...}]` needs one of its mappings to hold, `all: [...]` every
+one, `not: {...}` its mapping not to hold. A call matching no rule gets the file's
 `default` (allow unless the file says otherwise). Of several matching rules the
 strictest wins: deny > require_human_approval > allow. Any error while deciding
 denies (fail closed).
@@ -43,20 +45,53 @@ _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
+class Group:
+    """`any:` (one holds), `all:` (every one holds) or `not:` (it does not hold) over mappings of
+    conditions. None (an empty argument) propagates: it cannot prove a restrictive rule wrong."""
+
+    kind: str  # any | all | not
+    parts: tuple[tuple[Condition | Group, ...], ...]  # each part: conditions that must all hold
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}({', '.join(self.keys())})"
+
+    def keys(self) -> list[str]:
+        return [k for part in self.parts for c in part for k in (c.keys() if isinstance(c, Group) else [c.key])]
+
+    def matches(self, args: Mapping[str, Any]) -> bool | None:
+        results = [_all(part, args) for part in self.parts]
+        if self.kind == "not":
+            return None if results[0] is None else not results[0]
+        if self.kind == "any":
+            return True if True in results else (None if None in results else False)
+        return False if False in results else (None if None in results else True)
+
+
+def _all(conditions: tuple[Condition | Group, ...], args: Mapping[str, Any]) -> bool | None:
+    results = [c.matches(args) for c in conditions]
+    return False if False in results else (None if None in results else True)
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
-    tool: str
-    conditions: tuple[Condition, ...]
+    tool: str  # the glob, or the globs joined by ", " (for display)
+    conditions: tuple[Condition | Group, ...]
     action: Action
     line: int
     reason: str | None = None
     tier: ApprovalTier | None = None
+    globs: tuple[str, ...] = ()  # every glob `tool` names (one, unless `if.tool` is a list)
+
+    def applies_to(self, tool: str) -> bool:
+        return any(fnmatch.fnmatchcase(tool, g) for g in (self.globs or (self.tool,)))
 
     def matches(self, tool: str, args: Mapping[str, Any]) -> tuple[bool, list[str]]:
         """(matched, arguments that were empty). An empty (null) argument cannot prove
         a restrictive rule wrong, so it counts as a match for deny and approval rules
         (conservative) and as no match for allow rules."""
-        if not fnmatch.fnmatchcase(tool, self.tool):
+        if not self.applies_to(tool):
             return False, []
         missing = []
         for c in self.conditions:
@@ -150,13 +185,14 @@ class PolicySet:
         (policy files are often shared between workflows)."""
         errors, warnings = [], []
         for rule in self.rules:
-            names = [n for n in schemas if fnmatch.fnmatchcase(n, rule.tool)]
+            names = [n for n in schemas if rule.applies_to(n)]
             where = f"{self.source}:{rule.line}: rule {rule.name!r}"
             if not names:
                 warnings.append(f"{where}: tool {rule.tool!r} matches no tool of this workflow")
                 continue
-            for c in rule.conditions:
-                top, _, rest = c.key.partition(".")
+            keys = [k for c in rule.conditions for k in (c.keys() if isinstance(c, Group) else [c.key])]
+            for key in keys:
+                top, _, rest = key.partition(".")
                 if top == "provenance":  # provenance.ARG names an argument too
                     top = rest.split(".")[0]
                 elif top in CONTEXT_KEYS:
@@ -230,16 +266,10 @@ def _parse_rule(item: Any, source: str, list_line: int) -> Rule:
     if not isinstance(cond, _yaml.LineDict):
         raise _err(source, line, name, "'if' must be a mapping with at least 'tool'")
     tool = cond.get("tool")
-    if not isinstance(tool, str) or not tool:
-        raise _err(source, cond.line, name, "'if.tool' must be a tool name or glob like \"payments.*\"")
-    conditions: list[Condition] = []
-    for key, spec in cond.items():
-        if key == "tool":
-            continue
-        try:
-            conditions.append(Condition.parse(key, spec))
-        except ConditionSyntaxError as e:
-            raise _err(source, cond.key_lines[key], name, f"bad comparison for {key!r}: {e}") from None
+    globs = tuple(tool) if isinstance(tool, list) else (tool,)
+    if not globs or not all(isinstance(g, str) and g for g in globs):
+        raise _err(source, cond.line, name, "'if.tool' must be a tool name or glob like \"payments.*\", or a list of them")
+    conditions = _conditions(cond, source, name, top=True)
     then = item.get("then")
     if not isinstance(then, _yaml.LineDict) or "action" not in then:
         raise _err(source, line, name, "'then' must be a mapping with 'action'")
@@ -249,7 +279,32 @@ def _parse_rule(item: Any, source: str, list_line: int) -> Rule:
     action = _action(then["action"], source, then.key_lines["action"], name)
     reason = then.get("reason")
     tier = _tier(then, source, name, action)
-    return Rule(name, tool, tuple(conditions), action, line, str(reason) if reason is not None else None, tier)
+    return Rule(name, ", ".join(globs), conditions, action, line, str(reason) if reason is not None else None, tier,
+                globs)  # fmt: skip
+
+
+def _conditions(cond: Any, source: str, name: str, *, top: bool = False) -> tuple[Condition | Group, ...]:
+    """The conditions of one mapping under `if` (or inside `any:`/`all:`/`not:`), in order."""
+    out: list[Condition | Group] = []
+    for key, spec in cond.items():
+        if key == "tool" and top:
+            continue
+        line = cond.key_lines.get(key, cond.line) if isinstance(cond, _yaml.LineDict) else 0
+        if key in ("any", "all", "not"):
+            parts = [spec] if key == "not" else spec
+            if key != "not" and (not isinstance(spec, list) or not spec):
+                raise _err(source, line, name, f"'{key}' must be a non-empty list of mappings of conditions")
+            if not all(isinstance(p, dict) and p for p in parts):
+                raise _err(source, line, name, f"'{key}' must hold mappings of conditions, like {{amount_usd: '> 100'}}")
+            out.append(Group(key, tuple(_conditions(p, source, name) for p in parts)))  # type: ignore[arg-type]
+            continue
+        if key == "tool":
+            raise _err(source, line, name, "'tool' belongs at the top of 'if', not inside any/all/not")
+        try:
+            out.append(Condition.parse(key, spec))
+        except ConditionSyntaxError as e:
+            raise _err(source, line, name, f"bad comparison for {key!r}: {e}") from None
+    return tuple(out)
 
 
 def _tier(then: Any, source: str, name: str, action: Action) -> ApprovalTier | None:

@@ -13,12 +13,17 @@ Every value that enters a run is labelled with its source and a trust level:
 
 When a call is proposed, each argument is traced back to the values the run has
 seen. Python cannot follow a value through arbitrary code, so the trace is by
-value: an argument is *trusted* when a trusted source holds exactly that value
-(corroborated), *untrusted* when it matches only untrusted values (equal to one;
-a number, an id or an email address written in untrusted text; a phrase of 16
-characters or more copied out of it or pasting it whole), and otherwise takes the trust of
-its proposer (workflow code is trusted; a model's free value is not). Arguments
-bounded by their schema (enums, booleans) carry no data and are always trusted.
+value, after normalising per type (numbers written `1,100.00` or `1100`, ISO dates
+with a `T` or a space, text case): an argument is *trusted* when a trusted source
+holds exactly that value (corroborated); *untrusted* when it matches only untrusted
+values (equal to one; a number, an id, an e-mail address or a URL written in
+untrusted text; a phrase of 16 characters or more copied out of it or pasting it
+whole), or when a proposed string carries such a token of untrusted text inside it
+(an attacker's IBAN or URL in a sentence the model wrote); *trusted* again when it
+matches those kinds inside trusted text only (the user's own request written in
+prose); and otherwise takes the trust of its proposer (workflow code is trusted; a
+model's free value is not). Arguments bounded by their schema (enums, booleans)
+carry no data and are always trusted.
 
 Policies read the result as `trusted` (every argument trusted) and
 `provenance.ARG` ("trusted" / "untrusted").
@@ -26,6 +31,7 @@ Policies read the result as `trusted` (every argument trusted) and
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,8 +41,13 @@ from typing import Any, Literal
 Trust = Literal["trusted", "untrusted"]
 
 _NUMBER = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])\d+(?:\.\d+)?")
-# An identifier-like token (has a digit or an @) in untrusted text: an id, an email, a code.
+# An identifier-like token (has a digit or an @) in text: an id, an email, a code, an IBAN.
 _TOKEN = re.compile(r"[\w@+-][\w.@+-]*[\w@+-]")
+_DIGIT, _DIGIT_OR_AT = re.compile(r"\d"), re.compile(r"[\d@]")
+_URL = re.compile(r"https?://[^\s\"'<>()\[\]{}]+", re.IGNORECASE)
+# Strings that are a number or a date in another spelling: matched after normalising.
+_NUMERIC = re.compile(r"-?(?:[1-9]\d{0,2}(?:,\d{3})+|[1-9]\d*|0)(?:\.\d+)?")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ t]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:z|[+-]\d{2}:?\d{2})?")
 _MIN_TOKEN = 4
 # Plain words are everywhere ("account", "refund"); only a longer run of text counts as a copy.
 _MIN_PHRASE = 16
@@ -60,35 +71,56 @@ class Origin:
 
 
 def _key(v: Any) -> tuple[str, Any] | None:
+    """A value as compared: numbers (also written as text) by value, dates by instant, text casefolded."""
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
         return ("n", round(float(v), 6))
     if isinstance(v, str):
         s = v.strip().casefold()
-        return ("s", s) if s else None
+        if not s:
+            return None
+        first = s[0]
+        if (first.isdigit() or first == "-") and _NUMERIC.fullmatch(s):  # "1,100.00" is 1100; "000123" (an id) is not
+            return ("n", round(float(s.replace(",", "")), 6))
+        if len(s) >= 10 and s[4] == "-" and _DATE.fullmatch(s):
+            try:
+                return ("s", dt.datetime.fromisoformat(s.upper().replace(" ", "T")).isoformat())
+            except ValueError:
+                pass
+        return ("s", s)
     return None
 
 
-def _leaves(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
-    """(the nearest mapping key above, scalar) for every scalar inside a JSON-like value."""
+def _leaves(value: Any, risky: frozenset[str] = frozenset(), under: bool = False) -> Iterator[tuple[bool, Any]]:
+    """(is it anywhere under a key in `risky`, scalar) for every scalar inside a JSON-like value."""
     if isinstance(value, Mapping):
         for k, v in value.items():
-            yield from _leaves(v, str(k))
+            yield from _leaves(v, risky, under or k in risky)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _leaves(v, key)
+            yield from _leaves(v, risky, under)
     else:
-        yield key, value
+        yield under, value
 
 
 def tokens_in(text: str) -> set[str]:
-    return {t for t in _TOKEN.findall(text) if len(t) >= _MIN_TOKEN and any(c.isdigit() or c == "@" for c in t)}
+    """Ids, e-mail addresses, codes (a digit or an @ in them) and URLs written in `text`."""
+    if not _DIGIT_OR_AT.search(text) and "://" not in text:
+        return set()  # the common case: plain words
+    found = {t for t in _TOKEN.findall(text) if len(t) >= _MIN_TOKEN and _DIGIT_OR_AT.search(t)}
+    if "://" in text:
+        found |= {u.casefold().rstrip(".,;:!?") for u in _URL.findall(text)}
+    return found
 
 
 def numbers_in(text: str) -> set[float]:
+    if not _DIGIT.search(text):
+        return set()
     out = set()
     for m in _NUMBER.finditer(text):
+        if m.group()[0] == "0" and m.group()[1:2].isdigit():
+            continue  # "000123" is an id, not the number 123
         n = float(m.group().replace(",", ""))
         if n >= 10 or n != int(n):  # small whole numbers are everywhere; not evidence of a copy
             out.add(round(n, 6))
@@ -100,20 +132,23 @@ class Provenance:
 
     def __init__(self) -> None:
         self._exact: dict[tuple[str, Any], set[Label]] = defaultdict(set)
-        self._texts: list[tuple[str, Label]] = []  # untrusted text, casefolded, for containment
-        self._numbers: dict[float, set[Label]] = defaultdict(set)  # numbers written in untrusted text
-        self._tokens: dict[str, set[Label]] = defaultdict(set)  # ids and addresses written in untrusted text
+        self._texts: list[tuple[str, Label]] = []  # text of 16+ characters, casefolded, for containment
+        self._numbers: dict[float, set[Label]] = defaultdict(set)  # numbers written in text
+        self._tokens: dict[str, set[Label]] = defaultdict(set)  # ids, addresses and URLs written in text
 
     def add(self, value: Any, source: str, trust: Trust, untrusted_keys: Iterable[str] = ()) -> None:
-        """Label every scalar in `value`; those under a key in `untrusted_keys` are untrusted whatever `trust` says."""
-        risky = set(untrusted_keys)
-        for key, leaf in _leaves(value):
+        """Label every scalar in `value`; those anywhere under a key in `untrusted_keys` are untrusted
+        whatever `trust` says. Text of either trust is searched for the numbers, ids, addresses and
+        URLs written in it, so a value the user wrote in prose is recognised as theirs."""
+        for risky, leaf in _leaves(value, frozenset(untrusted_keys)):
             k = _key(leaf)
             if k is None:
                 continue
-            label = Label(source, "untrusted" if key in risky else trust)
+            label = Label(source, "untrusted" if risky else trust)
             self._exact[k].add(label)
-            if label.trust == "untrusted" and k[0] == "s":
+            # Trusted values matter inside prose (the user's request); a trusted id or code on its
+            # own is matched exactly already. Untrusted text is searched whatever its shape.
+            if k[0] == "s" and (label.trust == "untrusted" or " " in k[1]):
                 if len(k[1]) >= _MIN_PHRASE:
                     self._texts.append((k[1], label))
                 for n in numbers_in(k[1]):
@@ -158,6 +193,13 @@ class Provenance:
             for text, label in self._texts:
                 if (len(s) >= _MIN_PHRASE and s in text) or text in s:
                     found.add(label)
+            # A token of untrusted text inside new text taints it, however much is around it.
+            for tok in tokens_in(s):
+                if tok != s:
+                    found |= {lb for lb in (*self._tokens.get(tok, ()), *self._exact.get(("s", tok), ()))
+                              if lb.trust == "untrusted"}  # fmt: skip
+        if any(lb.trust == "untrusted" for lb in found):
+            return {lb for lb in found if lb.trust == "untrusted"}  # in untrusted text: tainted, even if also in trusted text
         return found or {fallback}
 
 
@@ -199,7 +241,10 @@ def learn_result(provenance: Provenance, tool: Any, origins: Mapping[str, Origin
     untrusted arguments chose what it returned (any argument of a read, the target of a change)."""
     if tool is None or not result.ok or result.output is None:
         return
-    choosers = [tool.target] if tool.side_effect else list(origins)
+    if tool.side_effect:
+        choosers = [tool.target]
+    else:  # a read: the arguments that choose what it returns (all, unless the tool names them)
+        choosers = list(origins) if getattr(tool, "selects", None) is None else list(tool.selects)
     steered = any(origins[a].trust == "untrusted" for a in choosers if a in origins)
     whole = tool.untrusted_output is True or steered
     keys = tool.untrusted_output if isinstance(tool.untrusted_output, tuple) else ()

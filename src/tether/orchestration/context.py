@@ -105,7 +105,6 @@ class RunContext(Generic[InputT, DepsT]):
         self._meter = meter
         self._ops_in_step = 0
         self._seen_calls: set[str] = set()
-        self._reads: set[str] = set()  # keys of read-only calls since the last side effect
         self._ended: EndRun | None = None  # once the runtime ends a run, every further door stays shut
         self._deadline = deadline
         self.in_flight: list[str] = []  # calls compensate() found decided but never finished
@@ -316,9 +315,7 @@ class RunContext(Generic[InputT, DepsT]):
         call = ToolCall(call_id=op, tool=tool, args=plain, proposer=proposer or f"workflow:{self.workflow.name}",
                         facts=dict(facts or {}))  # fmt: skip
         self._check_loop(call)
-        result = self._propose(call, risk, self._info())
-        self._after(call, result)
-        return result
+        return self._propose(call, risk, self._info())
 
     def _propose(self, call: ToolCall, risk: Mapping[str, Any] | None, info: RunInfo) -> ToolResult:
         t = self.workflow.tools.get(call.tool) if call.tool in self.workflow.tools else None
@@ -421,20 +418,15 @@ class RunContext(Generic[InputT, DepsT]):
         return RunInfo(run_id=self.id, step=self.step, tenant=self.tenant)
 
     def _check_loop(self, call: ToolCall) -> None:
+        """A repeated identical change ends the run; a repeated read does not (reading again after a
+        refused change is normal; the step and call budgets still bound a run that only reads)."""
+        tools = self.workflow.tools
+        if call.tool in tools and not tools.get(call.tool).side_effect:
+            return
         key = digest([call.tool, call.args])
         if key in self._seen_calls:
             raise self._end("loop_detected", f"repeated identical call {call.tool}({call.args}) at op {call.call_id}")
         self._seen_calls.add(key)
-
-    def _after(self, call: ToolCall, result: ToolResult) -> None:
-        """A read repeated after a change is a new question, not a loop: once a side effect
-        happened, earlier reads may be asked again (a repeated change still ends the run)."""
-        tools = self.workflow.tools
-        if result.ok and call.tool in tools and tools.get(call.tool).side_effect:
-            self._seen_calls -= self._reads
-            self._reads = set()
-        elif call.tool in tools and not tools.get(call.tool).side_effect:
-            self._reads.add(digest([call.tool, call.args]))
 
     def _replay_call(self, call: ToolCall, recorded: list[Any], info: RunInfo | None = None) -> ToolResult | None:
         """The recorded result, the run resumed past an approval, or None to run live."""

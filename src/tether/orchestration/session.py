@@ -77,7 +77,8 @@ def describe(t: Tool) -> dict[str, Any]:
     """What a session records of a tool: enough to judge a call to it again (replay), no code."""
     return {"name": t.name, "description": t.description, "schema": t.schema, "side_effect": t.side_effect,
             "target": t.target, "risk_tier": t.risk_tier, "risk_amount": t.risk_amount, "risk_volume": t.risk_volume,
-            "untrusted_output": t.untrusted_output, "timeout_s": t.timeout_s}  # fmt: skip
+            "untrusted_output": t.untrusted_output, "timeout_s": t.timeout_s,
+            "selects": list(t.selects) if t.selects is not None else None}  # fmt: skip
 
 
 def recorded_tool(d: Mapping[str, Any], fn: Any) -> Tool:
@@ -86,10 +87,12 @@ def recorded_tool(d: Mapping[str, Any], fn: Any) -> Tool:
     return Tool.from_schema(d["name"], d["schema"], fn, strict=False, description=d.get("description") or d["name"],
                             side_effect=d["side_effect"], target=d.get("target"), risk_tier=d["risk_tier"],
                             risk_amount=d.get("risk_amount"), risk_volume=d.get("risk_volume"),
-                            untrusted_output=tuple(u) if isinstance(u, list) else u, timeout_s=d.get("timeout_s"))  # fmt: skip
+                            untrusted_output=tuple(u) if isinstance(u, list) else u, timeout_s=d.get("timeout_s"),
+                            selects=tuple(d["selects"]) if d.get("selects") is not None else None)  # fmt: skip
 
 
-_GOVERNING = ("name", "schema", "side_effect", "target", "risk_tier", "risk_amount", "risk_volume", "untrusted_output")
+_GOVERNING = ("name", "schema", "side_effect", "target", "risk_tier", "risk_amount", "risk_volume", "untrusted_output",
+              "selects")  # fmt: skip
 
 
 def _governing(described: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -108,6 +111,8 @@ def _difference(was: list[dict[str, Any]], now: list[dict[str, Any]]) -> str:
         return "it was opened with other tools" + (f" (missing: {', '.join(gone)})" if gone else "") + (
             f" (not in it: {', '.join(new)})" if new else "")
     changed = sorted(n for n in before if before[n] != after[n])
+    if not changed:  # the same settings, recorded by another tether version
+        return "its tools were recorded by another version of tether"
     return f"tool {changed[0]} is not as it was when the session opened (its schema or risk settings changed)"
 
 

@@ -203,6 +203,8 @@ class Workflow(Generic[InputT, DepsT]):
             h.update(f"|{t.name}|".encode())
             if t.untrusted_output:
                 h.update(f"untrusted:{t.untrusted_output}|".encode())
+            if t.selects is not None:  # counted only when declared: workflows without it keep their version
+                h.update(f"selects:{sorted(t.selects)}|".encode())
             h.update(_source(t.code).encode())
             if t.compensate:
                 h.update(f"undo:{t.compensate[0]}|".encode() + _source(t.compensate[1]).encode())

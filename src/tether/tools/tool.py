@@ -136,6 +136,9 @@ class Tool:
     _fn: Callable[[ToolContext[Any], Any], Any] = field(repr=False)
     _validator: jsonschema.protocols.Validator = field(repr=False)
     _code: Callable[..., Any] | None = field(default=None, repr=False)  # the author's function (its source versions a workflow)
+    # The arguments that choose *what* a read returns (an id, a query); the others only shape it
+    # (a page size, a sort order). None: every argument chooses. Only choosers steer the result's trust.
+    selects: tuple[str, ...] | None = None
 
     def spec(self) -> dict[str, Any]:
         """The tool as a model sees it: name, description, JSON Schema of its arguments."""
@@ -297,6 +300,7 @@ class ToolOptions:
     backoff_s: float = 0.2
     max_backoff_s: float = 10.0
     compensate: tuple[str, Compensation] | None = None
+    selects: tuple[str, ...] | None = None  # the arguments that choose what a read returns (see Tool.selects)
 
     @classmethod
     def of(cls, name: str, options: Mapping[str, Any]) -> ToolOptions:
@@ -336,13 +340,15 @@ def tool(
     backoff_s: float = 0.2,
     max_backoff_s: float = 10.0,
     compensate: tuple[str, Compensation] | None = None,
+    selects: tuple[str, ...] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. The function takes (ctx: ToolContext[Deps], args: SomeArgs); an `async def`
     works too. For a plain function without `ctx`, see `Tool.from_function`. The options are
     `ToolOptions`'s."""
     _check_name(name, _NAME)
     opts = ToolOptions(description, timeout_s, side_effect, target, risk_tier, risk_amount, risk_volume, untrusted_output,
-                       retries, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s, compensate)  # fmt: skip
+                       retries, tuple(retry_on), retry_timeouts, backoff_s, max_backoff_s, compensate,
+                       tuple(selects) if selects is not None else None)  # fmt: skip
     opts.check(name)
 
     def wrap(fn: Callable[..., Any]) -> Tool:
@@ -364,7 +370,8 @@ def _build(
     """Every way of declaring a tool ends here: one set of checks, one shape."""
     if _is_async(code) and o.timeout_s is None:
         raise ToolError(f"tool {name}: an async tool needs a timeout_s (it runs on its own event loop in a worker thread)")
-    for what, arg in (("target", o.target), ("risk_amount", o.risk_amount), ("risk_volume", o.risk_volume)):
+    chosen = (("selects", a) for a in (o.selects or ()))
+    for what, arg in (("target", o.target), ("risk_amount", o.risk_amount), ("risk_volume", o.risk_volume), *chosen):
         if arg is not None and arg not in schema.get("properties", {}):
             raise ToolError(f"tool {name}: {what} {arg!r} is not one of its arguments")
     if check_closed:
@@ -394,6 +401,7 @@ def _build(
         _fn=fn,
         _validator=validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER),
         _code=code,
+        selects=tuple(o.selects) if o.selects is not None else None,
     )
 
 
