@@ -226,7 +226,8 @@ def test_a_refund_on_trusted_data_goes_through(db: Database, bank: systems.Syste
     proposal = [e.body for e in Ledger(db).entries() if e.kind == "proposal" and e.body["tool"] == "payments.refund"][0]
     assert proposal["provenance"]["transaction_id"] == {"trust": "trusted", "sources": ["tool:crm.lookup_customer"]}
     assert proposal["provenance"]["amount_usd"]["trust"] == "trusted"
-    assert proposal["provenance"]["reason"] == {"trust": "untrusted", "sources": ["model:gullible"]}  # free text, no rule on it
+    # Free text the model wrote, matching nothing the run saw: untrusted, of unknown origin (not tainted).
+    assert proposal["provenance"]["reason"] == {"trust": "untrusted", "sources": ["model:gullible"], "taint": "unknown"}
 
 
 def test_instruction_in_the_ticket_body_cannot_move_money(db: Database, bank: systems.Systems) -> None:

@@ -7,7 +7,8 @@
 A call is the request `Agent::"<proposer>"` doing `Action::"call"` on
 `Tool::"<tool name>"` (its attributes: `name`, `family`), with the context
 `{args, risk, tenant, trusted, provenance, facts}` (`trusted` is false when any argument
-came from an untrusted source; `provenance.ARG` is "trusted" or "untrusted"; `facts`: what the
+came from an untrusted source; `provenance.ARG` is "trusted" or "untrusted", `taint.ARG` "trusted",
+"tainted" or "unknown" (guardrails.provenance); `facts`: what the
 workflow's code established, see RunContext.call). Numbers in the context are Cedar decimals (compare with
 `.greaterThan(decimal("100.0"))`; a decimal literal needs its point). Cedar answers allow or deny; a satisfied
 `forbid` rule annotated `@action("require_human_approval")` asks a person
@@ -102,6 +103,7 @@ class CedarPolicy:
                             "risk": _value(ctx.get("risk") if ctx.get("risk") is not None else 0.0),
                             "trusted": bool(ctx.get("trusted", False)),
                             "provenance": {str(k): str(v) for k, v in (ctx.get("provenance") or {}).items()},
+                            "taint": {str(k): str(v) for k, v in (ctx.get("taint") or {}).items()},
                             "facts": _value(dict(ctx.get("facts") or {}))},
             }  # fmt: skip
             entities = [{"uid": {"type": "Tool", "id": tool}, "attrs": {"name": tool, "family": tool.split(".")[0]}, "parents": []}]

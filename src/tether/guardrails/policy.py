@@ -37,7 +37,7 @@ ACTIONS: tuple[Action, ...] = ("allow", "require_human_approval", "deny")
 STRICTNESS: dict[str, int] = {a: i for i, a in enumerate(ACTIONS)}
 
 # Keys a rule may test besides a call's arguments, supplied by the gate (see decide).
-CONTEXT_KEYS = ("risk", "tenant", "principal", "trusted", "provenance", "facts")
+CONTEXT_KEYS = ("risk", "tenant", "principal", "trusted", "provenance", "taint", "facts")
 _FILE_KEYS = {"policies", "default", "description", "version", "include", "limits"}
 _RULE_KEYS = {"name", "if", "then", "description"}
 _THEN_KEYS = {"action", "reason", "approvers", "role", "expires_in", "on_expiry", "escalate_to"}
@@ -193,7 +193,7 @@ class PolicySet:
             keys = [k for c in rule.conditions for k in (c.keys() if isinstance(c, Group) else [c.key])]
             for key in keys:
                 top, _, rest = key.partition(".")
-                if top == "provenance":  # provenance.ARG names an argument too
+                if top in ("provenance", "taint"):  # provenance.ARG and taint.ARG name an argument too
                     top = rest.split(".")[0]
                 elif top in CONTEXT_KEYS:
                     continue

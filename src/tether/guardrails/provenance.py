@@ -25,8 +25,16 @@ prose); and otherwise takes the trust of its proposer (workflow code is trusted;
 model's free value is not). Arguments bounded by their schema (enums, booleans)
 carry no data and are always trusted.
 
-Policies read the result as `trusted` (every argument trusted) and
-`provenance.ARG` ("trusted" / "untrusted").
+Policies read the result as `trusted` (every argument trusted), `provenance.ARG`
+("trusted" / "untrusted") and, finer, `taint.ARG`, one of three:
+
+    trusted   a trusted source holds it (or the workflow's own code wrote it)
+    tainted   it matches an untrusted source: an outsider may have written it
+    unknown   it matches nothing the run has seen: a model wrote it (reformatted
+              what the user said, or made it up); not evidence of an attack
+
+`provenance.ARG == "untrusted"` is `taint.ARG` tainted or unknown. A call nobody
+traced has every argument tainted (fail closed).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Trust = Literal["trusted", "untrusted"]
+Taint = Literal["trusted", "tainted", "unknown"]
 
 _NUMBER = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])\d+(?:\.\d+)?")
 # An identifier-like token (has a digit or an @) in text: an id, an email, a code, an IBAN.
@@ -65,9 +74,18 @@ class Origin:
 
     trust: Trust
     sources: tuple[str, ...]
+    taint: Taint = "trusted"  # untrusted splits into tainted (an outside source) and unknown (none)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"trust": self.trust, "sources": list(self.sources)}
+        out: dict[str, Any] = {"trust": self.trust, "sources": list(self.sources)}
+        if self.taint == "unknown":  # trusted and tainted follow from `trust`; records stay as they were
+            out["taint"] = "unknown"
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Origin:
+        trust = d.get("trust", "untrusted")
+        return cls(trust, tuple(d.get("sources", ())), d.get("taint") or ("trusted" if trust == "trusted" else "tainted"))
 
 
 def _key(v: Any) -> tuple[str, Any] | None:
@@ -135,6 +153,7 @@ class Provenance:
         self._texts: list[tuple[str, Label]] = []  # text of 16+ characters, casefolded, for containment
         self._numbers: dict[float, set[Label]] = defaultdict(set)  # numbers written in text
         self._tokens: dict[str, set[Label]] = defaultdict(set)  # ids, addresses and URLs written in text
+        self._prose: list[tuple[str, Label]] = []  # trusted text with spaces, for the words the user wrote
 
     def add(self, value: Any, source: str, trust: Trust, untrusted_keys: Iterable[str] = ()) -> None:
         """Label every scalar in `value`; those anywhere under a key in `untrusted_keys` are untrusted
@@ -148,6 +167,8 @@ class Provenance:
             self._exact[k].add(label)
             # Trusted values matter inside prose (the user's request); a trusted id or code on its
             # own is matched exactly already. Untrusted text is searched whatever its shape.
+            if k[0] == "s" and label.trust == "trusted" and " " in k[1]:
+                self._prose.append((k[1], label))
             if k[0] == "s" and (label.trust == "untrusted" or " " in k[1]):
                 if len(k[1]) >= _MIN_PHRASE:
                     self._texts.append((k[1], label))
@@ -172,8 +193,9 @@ class Provenance:
             for _, leaf in _leaves(value):
                 labels |= self._leaf(leaf, fallback)
             untrusted = sorted({lb.source for lb in labels if lb.trust == "untrusted"})
-            if untrusted:
-                out[name] = Origin("untrusted", tuple(untrusted))
+            if untrusted:  # tainted when a source outside the proposer's own words holds it
+                seen = any(lb.trust == "untrusted" and lb != fallback for lb in labels)
+                out[name] = Origin("untrusted", tuple(untrusted), "tainted" if seen else "unknown")
             else:
                 out[name] = Origin("trusted", tuple(sorted({lb.source for lb in labels})) or ("constant",))
         return out
@@ -183,16 +205,19 @@ class Provenance:
         if k is None:
             return set()
         found = set(self._exact.get(k, ()))
+        found |= self._numbers.get(k[1], set()) if k[0] == "n" else self._tokens.get(k[1], set())
+        # Corroboration: what the trusted side holds (exactly, or as a number, id, address or URL in
+        # its text) is trusted, whoever else repeats it: the user's own request and our records say
+        # what is wanted, and an outsider repeating a value adds nothing the user did not ask for.
         if any(lb.trust == "trusted" for lb in found):
-            return {lb for lb in found if lb.trust == "trusted"}  # corroborated by a trusted source
-        if k[0] == "n":
-            found |= self._numbers.get(k[1], set())
-        else:
+            return {lb for lb in found if lb.trust == "trusted"}
+        if k[0] == "s":
             s = k[1]
-            found |= self._tokens.get(s, set())
             for text, label in self._texts:
                 if (len(s) >= _MIN_PHRASE and s in text) or text in s:
                     found.add(label)
+            if not any(lb.trust == "untrusted" for lb in found):
+                found |= self._said(s)
             # A token of untrusted text inside new text taints it, however much is around it.
             for tok in tokens_in(s):
                 if tok != s:
@@ -201,6 +226,13 @@ class Provenance:
         if any(lb.trust == "untrusted" for lb in found):
             return {lb for lb in found if lb.trust == "untrusted"}  # in untrusted text: tainted, even if also in trusted text
         return found or {fallback}
+
+    def _said(self, s: str) -> set[Label]:
+        """Trusted prose holding `s` as whole words (a folder, a channel, a name the user wrote)."""
+        if len(s) < 3:
+            return set()
+        pattern = re.compile(rf"(?<![\w#@]){re.escape(s)}(?![\w@])")
+        return {label for text, label in self._prose if pattern.search(text)}
 
 
 def _bounded(prop: Mapping[str, Any], defs: Mapping[str, Any]) -> bool:
@@ -230,10 +262,11 @@ def gate_view(call: Any, clean: Mapping[str, Any]) -> dict[str, Any]:
     """The gate's view of where a call's arguments came from (`trusted`, `provenance` for rules);
     a call nobody traced has every argument untrusted."""
     if call.provenance is None:
-        traced = {name: "untrusted" for name in clean}
+        origins = {name: Origin("untrusted", (), "tainted") for name in clean}
     else:  # an argument the caller left out holds the schema's default: the tool author's value
-        traced = {name: call.provenance.get(name, {}).get("trust", "trusted") for name in clean}
-    return {"trusted": all(v == "trusted" for v in traced.values()), "provenance": traced}
+        origins = {name: Origin.from_dict(call.provenance[name]) if name in call.provenance else Origin("trusted", ())
+                   for name in clean}  # fmt: skip
+    return {**summary(origins), "taint": {name: o.taint for name, o in origins.items()}}
 
 
 def learn_result(provenance: Provenance, tool: Any, origins: Mapping[str, Origin], result: Any) -> None:

@@ -547,5 +547,5 @@ def cancel(db: Database, session_id: str, *, by: str, reason: str | None = None)
 
 
 def _origins(call: ToolCall) -> dict[str, Origin]:
-    return {n: Origin(o["trust"], tuple(o.get("sources", ()))) for n, o in (call.provenance or {}).items()}
+    return {n: Origin.from_dict(o) for n, o in (call.provenance or {}).items()}
 
