@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether import (
     ApprovalError,
     ApprovalInbox,
@@ -38,6 +37,7 @@ from tether import (
 )  # fmt: skip
 from tether.cli import cli
 from tether.guardrails.risk import RiskFeatures, calibrate, score
+from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether.record.tables import ledger_entries, prompts, run_events, spans
 from tether.tools.credentials import MAX_TTL_S, CredentialError, Credentials
 from tether.tools.secrets import FileSecrets

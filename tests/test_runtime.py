@@ -6,7 +6,6 @@ import pytest
 import sqlalchemy as sa
 from _flows import POLICY, TOOLS, Job, Scripted, World, make_workflow
 
-from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether import (
     ApprovalError,
     ApprovalInbox,
@@ -25,6 +24,7 @@ from tether import (
     WorkflowError,
     tool,
 )  # fmt: skip
+from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether.record import runs as store
 from tether.record.tables import runs as runs_table
 

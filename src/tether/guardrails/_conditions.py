@@ -53,6 +53,10 @@ def _parse_operand(text: str) -> Any:
         raise ConditionSyntaxError(f"cannot read the value {text!r}") from None
 
 
+# The values the gate gives `provenance.ARG` and `taint.ARG` (guardrails.provenance).
+_LEVELS = {"provenance": ("trusted", "untrusted"), "taint": ("trusted", "tainted", "unknown")}
+
+
 @dataclass(frozen=True)
 class Condition:
     key: str
@@ -62,17 +66,17 @@ class Condition:
     @classmethod
     def parse(cls, key: str, spec: Any) -> Condition:
         if isinstance(spec, list):
-            return cls(key, "in", spec)
+            return cls(key, "in", spec)._checked()
         if isinstance(spec, dict):
             raise ConditionSyntaxError("a condition is a comparison like '> 100', not a mapping")
         if not isinstance(spec, str):
-            return cls(key, "==", spec)
+            return cls(key, "==", spec)._checked()
         m = _OPERATOR.match(spec)
         if m is None:
             # Catch typos like '=> 5' or '=< 5' instead of treating them as text.
             if re.match(r"^\s*[=<>!]", spec):
                 raise ConditionSyntaxError(f"unknown operator in {spec!r} (use >, >=, <, <=, ==, !=, in, not in)")
-            return cls(key, "==", spec)
+            return cls(key, "==", spec)._checked()
         op, operand = m.group(1), _parse_operand(m.group(2))
         if op in _ORDERING and not _is_number(operand):
             raise ConditionSyntaxError(f"{spec!r}: {op} needs a number, got {operand!r}")
@@ -80,7 +84,20 @@ class Condition:
             raise ConditionSyntaxError(f"{spec!r}: {op} needs a list like [a, b]")
         if op in ("==", "!=") and isinstance(operand, (list, dict)):
             raise ConditionSyntaxError(f"{spec!r}: {op} needs a single value")
-        return cls(key, op, operand)
+        return cls(key, op, operand)._checked()
+
+    def _checked(self) -> Condition:
+        """A trust level that cannot occur would make the rule silently never fire: refused."""
+        top = self.key.split(".")[0]
+        levels = _LEVELS.get(top)
+        if levels is None or self.key.count(".") < 1 or self.op in _ORDERING:
+            return self
+        values = self.value if isinstance(self.value, list) else [self.value]
+        wrong = [v for v in values if v not in levels]
+        if wrong:
+            hint = " (tainted and unknown are levels of taint.ARG)" if top == "provenance" else ""
+            raise ConditionSyntaxError(f"{self.key} is one of {', '.join(levels)}, never {wrong[0]!r}{hint}")
+        return self
 
     def matches(self, args: Mapping[str, Any]) -> bool | None:
         """True or False; None when the argument is empty (null) and the rule asks about a value."""

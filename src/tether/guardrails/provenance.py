@@ -66,6 +66,9 @@ _MIN_PHRASE = 16
 class Label:
     source: str
     trust: Trust
+    # A trusted value that vouches only for the argument of this name: a trusted input field
+    # (`ticket_id`) is what it says, not "anything equal to it anywhere".
+    scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,15 +158,18 @@ class Provenance:
         self._tokens: dict[str, set[Label]] = defaultdict(set)  # ids, addresses and URLs written in text
         self._prose: list[tuple[str, Label]] = []  # trusted text with spaces, for the words the user wrote
 
-    def add(self, value: Any, source: str, trust: Trust, untrusted_keys: Iterable[str] = ()) -> None:
+    def add(
+        self, value: Any, source: str, trust: Trust, untrusted_keys: Iterable[str] = (), scope: str | None = None
+    ) -> None:
         """Label every scalar in `value`; those anywhere under a key in `untrusted_keys` are untrusted
         whatever `trust` says. Text of either trust is searched for the numbers, ids, addresses and
-        URLs written in it, so a value the user wrote in prose is recognised as theirs."""
+        URLs written in it, so a value the user wrote in prose is recognised as theirs. `scope`
+        confines what a trusted `value` vouches for to the argument of that name."""
         for risky, leaf in _leaves(value, frozenset(untrusted_keys)):
             k = _key(leaf)
             if k is None:
                 continue
-            label = Label(source, "untrusted" if risky else trust)
+            label = Label(source, "untrusted", None) if risky else Label(source, trust, scope if trust == "trusted" else None)
             self._exact[k].add(label)
             # Trusted values matter inside prose (the user's request); a trusted id or code on its
             # own is matched exactly already. Untrusted text is searched whatever its shape.
@@ -191,7 +197,7 @@ class Provenance:
                 continue
             labels: set[Label] = set()
             for _, leaf in _leaves(value):
-                labels |= self._leaf(leaf, fallback)
+                labels |= self._leaf(leaf, fallback, name)
             untrusted = sorted({lb.source for lb in labels if lb.trust == "untrusted"})
             if untrusted:  # tainted when a source outside the proposer's own words holds it
                 seen = any(lb.trust == "untrusted" and lb != fallback for lb in labels)
@@ -200,12 +206,13 @@ class Provenance:
                 out[name] = Origin("trusted", tuple(sorted({lb.source for lb in labels})) or ("constant",))
         return out
 
-    def _leaf(self, leaf: Any, fallback: Label) -> set[Label]:
+    def _leaf(self, leaf: Any, fallback: Label, arg: str | None = None) -> set[Label]:
         k = _key(leaf)
         if k is None:
             return set()
         found = set(self._exact.get(k, ()))
         found |= self._numbers.get(k[1], set()) if k[0] == "n" else self._tokens.get(k[1], set())
+        found = {lb for lb in found if lb.scope is None or lb.scope == arg}  # a scoped value vouches for its own argument
         # Corroboration: what the trusted side holds (exactly, or as a number, id, address or URL in
         # its text) is trusted, whoever else repeats it: the user's own request and our records say
         # what is wanted, and an outsider repeating a value adds nothing the user did not ask for.
@@ -214,10 +221,10 @@ class Provenance:
         if k[0] == "s":
             s = k[1]
             for text, label in self._texts:
-                if (len(s) >= _MIN_PHRASE and s in text) or text in s:
+                if ((len(s) >= _MIN_PHRASE and s in text) or text in s) and label.scope in (None, arg):
                     found.add(label)
             if not any(lb.trust == "untrusted" for lb in found):
-                found |= self._said(s)
+                found |= {lb for lb in self._said(s) if lb.scope in (None, arg)}
             # A token of untrusted text inside new text taints it, however much is around it.
             for tok in tokens_in(s):
                 if tok != s:

@@ -114,7 +114,8 @@ class RunContext(Generic[InputT, DepsT]):
         fields = input.model_dump(mode="json") if isinstance(input, BaseModel) else {"input": input}
         for name, value in (fields.items() if isinstance(fields, dict) else ()):
             trust: Trust = "trusted" if name in workflow.trusted_input else "untrusted"
-            self.provenance.add(value, "input", trust)
+            # A trusted field is trusted as itself: a ticket id vouches for a `ticket_id` argument only.
+            self.provenance.add(value, "input", trust, scope=name if trust == "trusted" else None)
 
     @property
     def state(self) -> str:

@@ -270,7 +270,7 @@ class Session:
         proposals: dict[str, ToolCall] = {}
         for e in recorded:
             if e.kind == "label":
-                self.provenance.add(e.data["value"], e.data["source"], e.data["trust"])
+                self.provenance.add(e.data["value"], e.data["source"], e.data["trust"], scope=e.data.get("scope"))
             elif e.kind == "proposal" and e.call_id:
                 d = e.data
                 proposals[e.call_id] = ToolCall(call_id=e.call_id, tool=d["tool"], args=d["args"], proposer=d["proposer"],
@@ -392,15 +392,17 @@ class Session:
         """Approval ids of this session's calls that wait for a person."""
         return list(self._pending)
 
-    def label(self, value: Any, source: str, trust: Trust = "untrusted") -> None:
+    def label(self, value: Any, source: str, trust: Trust = "untrusted", *, scope: str | None = None) -> None:
         """Say where a value your agent saw came from, so calls built from it are judged by it:
-        the user's own request (`trust="trusted"`), a web page or an e-mail (untrusted)."""
+        the user's own request (`trust="trusted"`), a web page or an e-mail (untrusted). `scope`
+        makes a trusted value vouch only for the argument of that name (an authenticated
+        `customer_id` is trusted as a customer id, not as whatever else equals it)."""
         self._check_open()
         if trust not in ("trusted", "untrusted"):
             raise WorkflowError(f"trust must be 'trusted' or 'untrusted', got {trust!r}")
         value = pydantic_core.to_jsonable_python(value)
-        self.provenance.add(value, source, trust)
-        self._journal.add("label", None, {"source": source, "trust": trust, "value": value})
+        self.provenance.add(value, source, trust, scope=scope)
+        self._journal.add("label", None, {"source": source, "trust": trust, "value": value, "scope": scope})
         self._flush()  # a reopened session must know it too
 
     # -- ending --------------------------------------------------------------------
