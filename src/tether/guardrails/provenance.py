@@ -157,6 +157,7 @@ class Provenance:
         self._numbers: dict[float, set[Label]] = defaultdict(set)  # numbers written in text
         self._tokens: dict[str, set[Label]] = defaultdict(set)  # ids, addresses and URLs written in text
         self._prose: list[tuple[str, Label]] = []  # trusted text with spaces, for the words the user wrote
+        self._scoped = False  # any label confined to one argument (then every lookup filters)
 
     def add(
         self, value: Any, source: str, trust: Trust, untrusted_keys: Iterable[str] = (), scope: str | None = None
@@ -170,6 +171,7 @@ class Provenance:
             if k is None:
                 continue
             label = Label(source, "untrusted", None) if risky else Label(source, trust, scope if trust == "trusted" else None)
+            self._scoped = self._scoped or label.scope is not None
             self._exact[k].add(label)
             # Trusted values matter inside prose (the user's request); a trusted id or code on its
             # own is matched exactly already. Untrusted text is searched whatever its shape.
@@ -212,7 +214,8 @@ class Provenance:
             return set()
         found = set(self._exact.get(k, ()))
         found |= self._numbers.get(k[1], set()) if k[0] == "n" else self._tokens.get(k[1], set())
-        found = {lb for lb in found if lb.scope is None or lb.scope == arg}  # a scoped value vouches for its own argument
+        if self._scoped:  # a scoped value vouches for its own argument only
+            found = {lb for lb in found if lb.scope is None or lb.scope == arg}
         # Corroboration: what the trusted side holds (exactly, or as a number, id, address or URL in
         # its text) is trusted, whoever else repeats it: the user's own request and our records say
         # what is wanted, and an outsider repeating a value adds nothing the user did not ask for.
@@ -236,7 +239,7 @@ class Provenance:
 
     def _said(self, s: str) -> set[Label]:
         """Trusted prose holding `s` as whole words (a folder, a channel, a name the user wrote)."""
-        if len(s) < 3:
+        if len(s) < 3 or not self._prose:
             return set()
         pattern = re.compile(rf"(?<![\w#@]){re.escape(s)}(?![\w@])")
         return {label for text, label in self._prose if pattern.search(text)}
