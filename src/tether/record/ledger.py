@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from tether.errors import LedgerError
 from tether.record.canonical import canonical_json, sha256_hex
 from tether.record.db import LEDGER_LOCK, Database, pg_lock, timestamp
+from tether.record.secrets import scrub
 from tether.record.tables import ledger_entries, ledger_head
 
 GENESIS = "0" * 64
@@ -103,7 +104,7 @@ def append_many(conn: sa.Connection, items: Sequence[tuple[str, dict[str, Any]]]
     rows = []
     for kind, body in items:
         seq += 1
-        body_bytes = canonical_json(body)
+        body_bytes = canonical_json(scrub(body))  # no handed-out secret is hashed into the chain or stored
         h = _hash(seq, ts, run_id, kind, body_bytes, prev_hash)
         text = body_bytes.decode()
         rows.append({"seq": seq, "ts": ts, "run_id": run_id, "kind": kind, "body": text, "prev_hash": prev_hash, "hash": h})

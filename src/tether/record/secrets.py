@@ -33,10 +33,12 @@ class SecretStore(Protocol):
     def get(self, name: str) -> str: ...
 
 
-def _remember(value: str) -> str:
-    if len(value) >= _MIN_LEN:
-        with _lock:
-            _handed_out.add(value)
+def _remember(name: str, value: str) -> str:
+    if len(value) < _MIN_LEN:  # it could not be told from ordinary text in what is written, so it is never handed out
+        raise SecretError(f"secret {name!r} is {len(value)} characters; secrets shorter than {_MIN_LEN} are refused "
+                          "(they cannot be scrubbed reliably from records)")  # fmt: skip
+    with _lock:
+        _handed_out.add(value)
     return value
 
 
@@ -48,7 +50,7 @@ class EnvSecrets:
         value = os.environ.get(self.prefix + name.upper())
         if not value:
             raise SecretError(f"secret {name!r} is not set (${self.prefix}{name.upper()})")
-        return _remember(value)
+        return _remember(name, value)
 
 
 class FileSecrets:
@@ -65,7 +67,7 @@ class FileSecrets:
             raise SecretError(f"secret {name!r} not found in {self.folder}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SecretError(f"secret file {path} is readable by others; chmod 600 it")
-        return _remember(path.read_text(encoding="utf-8").strip())
+        return _remember(name, path.read_text(encoding="utf-8").strip())
 
 
 def scrub(value: Any) -> Any:
@@ -77,8 +79,8 @@ def scrub(value: Any) -> Any:
             if s in value:
                 value = value.replace(s, "<secret>")
         return value
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, dict):  # keys too: a tool may key its result by a token
+        return {scrub(k) if isinstance(k, str) else k: scrub(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [scrub(v) for v in value]
     return value

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+
+from tether.record.secrets import scrub
+
+
+class ScrubbedJSON(sa.types.TypeDecorator[Any]):
+    """JSON that is scrubbed of every secret handed out before it is written: the one point every
+    store of call arguments, results, spans and prompts passes through, whichever code writes it."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return scrub(value)
+
 
 metadata = sa.MetaData(
     naming_convention={
@@ -33,7 +49,7 @@ runs = sa.Table(
     sa.Column("workflow_version", sa.String(64), nullable=False),
     sa.Column("status", sa.String(32), nullable=False, index=True),
     sa.Column("outcome", sa.String(200)),
-    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("input", ScrubbedJSON, nullable=False),
     sa.Column("started_by", sa.String(200), nullable=False),
     sa.Column("tenant", sa.String(200), nullable=False),
     sa.Column("policy_hash", sa.String(64), sa.ForeignKey("policies.hash"), nullable=False),
@@ -70,7 +86,7 @@ run_events = sa.Table(
     sa.Column("step", sa.Integer, nullable=False),
     sa.Column("state", sa.String(200), nullable=False),
     sa.Column("call_id", sa.String(64)),
-    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("data", ScrubbedJSON, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
 )
 
@@ -82,8 +98,8 @@ approvals = sa.Table(
     sa.Column("call_id", sa.String(64), nullable=False),
     sa.Column("step", sa.Integer, nullable=False),
     sa.Column("tool", sa.String(200), nullable=False),
-    sa.Column("args", sa.JSON, nullable=False),
-    sa.Column("rules", sa.JSON, nullable=False),
+    sa.Column("args", ScrubbedJSON, nullable=False),
+    sa.Column("rules", ScrubbedJSON, nullable=False),
     sa.Column("policy_hash", sa.String(64), nullable=False),
     sa.Column("proposer", sa.String(200), nullable=False),
     sa.Column("status", sa.String(16), nullable=False, index=True),
@@ -98,7 +114,7 @@ approvals = sa.Table(
     sa.Column("on_expiry", sa.String(16), nullable=False, server_default="deny"),
     sa.Column("escalate_to", sa.String(100)),
     sa.Column("risk", sa.Float),
-    sa.Column("untrusted_args", sa.JSON),  # arguments traced to untrusted sources, for the approver to see
+    sa.Column("untrusted_args", ScrubbedJSON),  # arguments traced to untrusted sources, for the approver to see
 )
 
 # One vote per person per request (the key is the normalised name).
@@ -170,7 +186,7 @@ spans = sa.Table(
     sa.Column("start_ns", sa.BigInteger, nullable=False),
     sa.Column("end_ns", sa.BigInteger, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("attributes", sa.JSON, nullable=False),
+    sa.Column("attributes", ScrubbedJSON, nullable=False),
 )
 
 # The prompt store: what each model was asked and answered, redacted, kept for a
@@ -183,8 +199,8 @@ prompts = sa.Table(
     sa.Column("call_id", sa.String(64), nullable=False),
     sa.Column("point", sa.String(200), nullable=False),
     sa.Column("model", sa.String(200), nullable=False),
-    sa.Column("request", sa.JSON, nullable=False),
-    sa.Column("response", sa.JSON, nullable=False),
+    sa.Column("request", ScrubbedJSON, nullable=False),
+    sa.Column("response", ScrubbedJSON, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
 )
 
@@ -219,7 +235,7 @@ rollouts = sa.Table(
     sa.Column("stable_ref", sa.String(400), nullable=False),
     sa.Column("candidate_ref", sa.String(400)),
     sa.Column("percent", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("steps", sa.JSON, nullable=False),
+    sa.Column("steps", ScrubbedJSON, nullable=False),
     sa.Column("key_field", sa.String(100), nullable=False),
     sa.Column("killed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("kill_reason", sa.Text),
@@ -234,7 +250,7 @@ eval_results = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("source", sa.String(400), nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False, index=True),
-    sa.Column("summary", sa.JSON, nullable=False),
+    sa.Column("summary", ScrubbedJSON, nullable=False),
 )
 
 # -- models and unit economics (migration 0007_costs) ---------------------------
@@ -278,7 +294,7 @@ answer_cache = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("tenant", sa.String(200), nullable=False, index=True),
     sa.Column("point", sa.String(200), nullable=False),
-    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("value", ScrubbedJSON, nullable=False),
     sa.Column("policy_hash", sa.String(64), nullable=False),
     sa.Column("prompt_hash", sa.String(64), nullable=False),
     sa.Column("hits", sa.Integer, nullable=False, server_default="0"),
@@ -294,7 +310,7 @@ memory_items = sa.Table(
     sa.Column("tenant", sa.String(200), nullable=False, index=True),
     sa.Column("namespace", sa.String(200), nullable=False),
     sa.Column("text", sa.Text, nullable=False),
-    sa.Column("meta", sa.JSON, nullable=False),
+    sa.Column("meta", ScrubbedJSON, nullable=False),
     sa.Column("embedder", sa.String(100), nullable=False),
     sa.Column("vector", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
@@ -309,7 +325,7 @@ observations = sa.Table(
     sa.Column("tenant", sa.String(200), nullable=False, index=True),
     sa.Column("run_id", sa.String(40), index=True),
     sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("data", ScrubbedJSON, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
 )
 
