@@ -24,6 +24,7 @@ from tether.errors import (
     ApprovalForbidden,
     ApprovalNotFound,
 )
+from tether.guardrails.identity import principal, refuse_look_alike, same_principal
 from tether.guardrails.policy import ApprovalTier, Decision
 from tether.record import ledger
 from tether.record.db import Database, timestamp
@@ -73,29 +74,10 @@ class ApprovalRequest:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def principal(name: str) -> str:
-    """A person's or component's name as given, refused when it could pass for someone else.
-
-    Names are compared by `same_principal`: Unicode-normalised (NFKC) and
-    case-folded, so `DEMO` or a full-width `ｄｅｍｏ` is the same person as `demo`.
-    """
-    cleaned = name.strip()
-    if not cleaned:
-        raise ApprovalError("a name is required (--as USER)")
-    bad = [c for c in cleaned if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zl", "Zp")]
-    if bad:
-        raise ApprovalError(f"name {cleaned!r} contains invisible or control characters")
-    if len(cleaned) > 200:
-        raise ApprovalError("a name is at most 200 characters")
-    return cleaned
-
-
 def _key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold().strip()
 
 
-def same_principal(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and _key(a) == _key(b)
 
 
 def request(
@@ -208,6 +190,9 @@ class ApprovalInbox:
                 raise ApprovalForbidden(f"{by} proposed this call and cannot approve it")
             if req.role and not _holds_role(conn, by, req.role, req.tool):
                 raise ApprovalForbidden(f"{by} does not hold role {req.role!r} for {req.tool}")
+            earlier = conn.execute(sa.select(approval_votes.c.voter).where(approval_votes.c.approval_id == approval_id)).scalars()
+            if any(same_principal(by, v) for v in earlier):  # a look-alike name is the same person: one slot
+                raise ApprovalConflict(f"{by} already voted on approval {approval_id}")
             try:
                 conn.execute(approval_votes.insert().values(approval_id=approval_id, voter_key=_key(by), voter=by,
                                                             approve=approve, reason=reason, voted_at=_iso(now)))  # fmt: skip
@@ -282,6 +267,7 @@ def add_approver(db: Database, name: str, role: str, tools: str) -> None:
     if not role.strip() or not tools.strip():
         raise ApprovalError("an approver needs a role and a tool glob like 'payments.*'")
     with db.transaction() as conn:
+        refuse_look_alike(conn, name)
         try:
             conn.execute(approvers.insert().values(name_key=_key(name), role=role, name=name, tools=tools, created_at=timestamp()))
         except sa.exc.IntegrityError:

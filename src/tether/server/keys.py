@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tether.errors import AccessDenied, TetherError
-from tether.guardrails.approvals import principal
+from tether.guardrails.identity import principal, refuse_look_alike
 from tether.record import ledger
 from tether.record.db import Database, timestamp
 from tether.record.tables import api_keys
@@ -57,6 +57,7 @@ def create_key(db: Database, *, name: str, role: str, tools: str | None = None) 
     key = f"{PREFIX}{key_id.removeprefix('key_')}_{secrets.token_urlsafe(32)}"
     rec = ApiKey(key_id, name, role, tools.strip() if tools else None, timestamp())
     with db.transaction() as conn:
+        refuse_look_alike(conn, name)
         conn.execute(api_keys.insert().values(id=rec.id, name=rec.name, role=rec.role, scope=rec.scope,
                                               key_hash=_hash(key), created_at=rec.created_at))  # fmt: skip
         ledger.append(conn, "api_key_created", {"key_id": rec.id, "name": rec.name, "role": rec.role, "scope": rec.scope})
