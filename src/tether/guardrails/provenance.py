@@ -14,16 +14,18 @@ Every value that enters a run is labelled with its source and a trust level:
 When a call is proposed, each argument is traced back to the values the run has
 seen. Python cannot follow a value through arbitrary code, so the trace is by
 value, after normalising per type (numbers written `1,100.00` or `1100`, ISO dates
-with a `T` or a space, text case): an argument is *trusted* when a trusted source
-holds exactly that value (corroborated); *untrusted* when it matches only untrusted
-values (equal to one; a number, an id, an e-mail address or a URL written in
-untrusted text; a phrase of 16 characters or more copied out of it or pasting it
-whole), or when a proposed string carries such a token of untrusted text inside it
-(an attacker's IBAN or URL in a sentence the model wrote); *trusted* again when it
-matches those kinds inside trusted text only (the user's own request written in
-prose); and otherwise takes the trust of its proposer (workflow code is trusted; a
-model's free value is not). Arguments bounded by their schema (enums, booleans)
-carry no data and are always trusted.
+with a `T` or a space, text case). An argument is *trusted* when the trusted side
+holds it exactly, or as a number, id, e-mail address or URL written in trusted text
+(this corroboration wins even when an outsider's text repeats the value), or, when
+no outsider's text holds it, as whole words of trusted prose (a folder, a `#channel`
+the user named). Otherwise it is
+*untrusted* when an untrusted source holds it (equal to a value; a number, id,
+address or URL written in its text; a phrase of 16 characters or more copied out of
+it, or pasting it whole; or such a token of it inside a longer string the model
+wrote); and otherwise it takes the trust of its proposer (workflow code is trusted;
+a model's free value is not). A trusted value given a `scope` (a trusted input
+field) vouches only for the argument of that name. Arguments bounded by their
+schema (enums, booleans) carry no data and are always trusted.
 
 Policies read the result as `trusted` (every argument trusted), `provenance.ARG`
 ("trusted" / "untrusted") and, finer, `taint.ARG`, one of three:
@@ -234,7 +236,7 @@ class Provenance:
                     found |= {lb for lb in (*self._tokens.get(tok, ()), *self._exact.get(("s", tok), ()))
                               if lb.trust == "untrusted"}  # fmt: skip
         if any(lb.trust == "untrusted" for lb in found):
-            return {lb for lb in found if lb.trust == "untrusted"}  # in untrusted text: tainted, even if also in trusted text
+            return {lb for lb in found if lb.trust == "untrusted"}  # an outsider's, and no trusted value vouches: tainted
         return found or {fallback}
 
     def _said(self, s: str) -> set[Label]:
