@@ -422,3 +422,40 @@ def test_unpriced_usage_cannot_pass_a_ceiling(db: Database) -> None:
 
         ids = sorted(conn.execute(sa.select(model_calls.c.call_id).where(model_calls.c.run_id == s.id)).scalars())
     assert ids == ["usage.1", "usage.2"]  # one row per report, numbered across the reopen
+
+
+def test_a_replayed_session_answers_its_approved_calls_from_the_recording(db: Database) -> None:
+    from tether.guardrails.approvals import ApprovalInbox
+    from tether.orchestration.replay import replay
+
+    s = _open(db)
+    big = s.call("payments.refund", {"transaction_id": "T4", "amount_usd": 400})
+    ApprovalInbox(db).decide(big.approval_id or "", approve=True, by="bob")
+    assert s.resume_call(big.approval_id or "").ok
+    s.close()
+    report = replay(db, s.id)
+    assert report.same and report.counts["same"] == 1 and len(BANK.refunds) == 1  # nothing ran again
+
+
+def test_policy_rate_limits_hold_across_a_sessions_calls(db: Database) -> None:
+    limited = PolicySet.from_text("policies: []\nlimits:\n  - {name: mail, tool: send_email, per: run, rate: 1/minute}\n")
+    s = Session.open(db, tools=TOOLS, policy=limited, principal="alice", name="limited")
+    assert s.call("send_email", {"to": "bob@example.com", "body": "one"}).ok
+    second = s.call("send_email", {"to": "bob@example.com", "body": "two"})
+    assert second.status == "denied" and "rate limit mail reached" in (second.error or "") and BANK.mail == ["bob@example.com"]
+    s.close()
+
+
+def test_session_operations_refuse_a_workflow_run_and_bad_labels(db: Database) -> None:
+    from tether.orchestration.session import cancel
+
+    s = _open(db)
+    with pytest.raises(WorkflowError, match="label's value must be JSON"):
+        s.label(object(), "user", "trusted")
+    s.close()
+    with db.transaction() as conn:  # the same row, now a workflow's run
+        conn.execute(runs.update().where(runs.c.id == s.id).values(workflow_ref="support_triage", status="running"))
+    with pytest.raises(WorkflowError, match="not a session"):
+        Session.reopen(db, s.id, tools=TOOLS)
+    with pytest.raises(WorkflowError, match="not a session"):
+        cancel(db, s.id, by="olga")

@@ -12,7 +12,6 @@ past its worker's heartbeat, say) fails its next write and writes nothing.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,14 @@ from tether.record.db import Database, timestamp
 from tether.record.tables import model_calls, prompts
 from tether.tools.calls import ToolCall, ToolResult
 from tether.tools.secrets import scrub
+
+
+def recorded_call(proposal: store.Event) -> ToolCall:
+    """The call a `proposal` event recorded (as validated), to judge or carry out again."""
+    d = proposal.data
+    return ToolCall(call_id=proposal.call_id or "", tool=d["tool"], args=dict(d["args"]), proposer=d["proposer"],
+                    risk_context=dict(d.get("risk_context") or {}), provenance=d.get("provenance"),
+                    facts=dict(d.get("facts") or {}))  # fmt: skip
 
 
 @dataclass
@@ -108,10 +115,10 @@ class Journal:
             store.update_held_run(conn, self.run_id, self.driver, **values)
         else:
             store.update_run(conn, self.run_id, **values)
-        # No secret a tool was handed is written anywhere, in any store.
-        events = [dataclasses.replace(e, data=scrub(e.data)) for e in self._events]
-        store.append_events(conn, self.run_id, events)
-        ledger.append_many(conn, [(k, scrub(b)) for k, b in self._ledger], run_id=self.run_id)
+        # No secret a tool was handed is written anywhere: event data is a scrubbing JSON column
+        # (record.tables.ScrubbedJSON), and the ledger scrubs each body before hashing it.
+        store.append_events(conn, self.run_id, self._events)
+        ledger.append_many(conn, self._ledger, run_id=self.run_id)
         if self._prompts:
             conn.execute(prompts.insert(), scrub(self._prompts))
         if self._costs:

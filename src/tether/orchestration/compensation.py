@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tether.orchestration._journal import recorded_call
 from tether.tools.registry import ToolRegistry
 from tether.tools.tool import idempotency_key
 from tether.types import Approval, Decision, RunInfo, ToolCall, ToolResult
@@ -89,9 +90,7 @@ class Undo:
             if t is None or t.compensate is None:
                 unsure.append(name)
                 continue
-            p = proposal.data
-            call = ToolCall(call_id=call_id, tool=p["tool"], args=dict(p["args"]), proposer=p["proposer"],
-                            facts=dict(p.get("facts") or {}), risk_context=dict(p.get("risk_context") or {}))  # fmt: skip
+            call = recorded_call(proposal)
             info = RunInfo(run_id=self.run_id, step=proposal.step, tenant=self.tenant)  # the key of the step it ran in
             if not self.finish(call, info, d, approval).ok:
                 unsure.append(name)

@@ -21,7 +21,7 @@ from tether.guardrails.policy import Decision
 from tether.models.base import Choice, DecisionRequest
 from tether.models.meter import RunMeter
 from tether.models.prices import load_prices
-from tether.orchestration._journal import MemoryJournal
+from tether.orchestration._journal import MemoryJournal, recorded_call
 from tether.orchestration.context import EndRun, RunContext, Sleep, Suspend
 from tether.orchestration.environment import Replayed
 from tether.orchestration.pipeline import CallPipeline, CallScope
@@ -336,9 +336,7 @@ def _replay_session(db: Database, row: Any, events: list[store.Event], pol: Poli
             if e.kind != "proposal" or not e.call_id or e.call_id in seen:
                 continue
             seen.add(e.call_id)
-            d = e.data
-            call = ToolCall(call_id=e.call_id, tool=d["tool"], args=d["args"], proposer=d["proposer"],
-                            risk_context=d.get("risk_context") or {}, provenance=d.get("provenance"), facts=d.get("facts") or {})  # fmt: skip
+            call = recorded_call(e)
             journal.step, journal.state = e.step, e.state
             scope = CallScope(RunInfo(row.id, e.step, row.tenant), pol, journal)
             try:

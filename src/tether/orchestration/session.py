@@ -19,14 +19,12 @@ it over, and the old holder's next write fails (`RunTakenOver`), writing nothing
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import re
 import secrets as _secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
-
-import pydantic_core
 
 from tether.errors import (
     ApprovalConflict,
@@ -46,7 +44,7 @@ from tether.models.base import Choice, ModelCall, Usage
 from tether.models.meter import RunMeter, env_ceiling
 from tether.models.prices import load_prices
 from tether.orchestration import rollout, spans
-from tether.orchestration._journal import Journal
+from tether.orchestration._journal import Journal, recorded_call
 from tether.orchestration.pipeline import CallPipeline, CallScope
 from tether.orchestration.runtime import (
     RunResult,
@@ -56,7 +54,7 @@ from tether.orchestration.runtime import (
 )
 from tether.record import ledger
 from tether.record import runs as store
-from tether.record.canonical import digest
+from tether.record.canonical import digest, plain_json
 from tether.record.db import Database
 from tether.record.tracing import RUN_ID, Tracing, ids, parent_context
 from tether.tools.registry import ToolRegistry
@@ -67,6 +65,13 @@ _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 SESSION_PREFIX = "session:"  # a session's workflow_ref: what tells a session's run from a workflow's
 STATE = "session"
 _ENDINGS = (RunStatus.COMPLETED, RunStatus.ESCALATED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+@functools.lru_cache(maxsize=1)
+def _process_tracing() -> Tracing:
+    """One tracer provider (and its exporters) for every session of this process: a session is
+    opened per agent conversation, a provider per session would start exporters each time."""
+    return Tracing()
 
 
 def is_session(workflow_ref: str | None) -> bool:
@@ -121,9 +126,8 @@ def _plain_args(tool: str, args: Any) -> dict[str, Any]:
     if not isinstance(args, Mapping):
         raise InvalidArguments(f"invalid arguments for {tool}: expected a JSON object, got {type(args).__name__}")
     try:
-        out = pydantic_core.to_jsonable_python(dict(args))
-        json.dumps(out, allow_nan=False)
-    except (TypeError, ValueError, pydantic_core.PydanticSerializationError) as e:
+        out = plain_json(dict(args))
+    except (TypeError, ValueError) as e:
         raise InvalidArguments(f"invalid arguments for {tool}: not JSON ({e})") from None
     if not all(isinstance(k, str) for k in out):
         raise InvalidArguments(f"invalid arguments for {tool}: argument names must be strings")
@@ -216,7 +220,7 @@ class Session:
             ledger.append(conn, "run_started", {"workflow": name, "version": _version(described), "policy_hash": pol.hash,
                                                 "started_by": started_by, "tenant": tenant, "session": True,
                                                 "input_sha256": digest(plain_input)}, run_id=run_id)  # fmt: skip
-        tracing = tracing or Tracing()
+        tracing = tracing or _process_tracing()
         root = tracing.tracer.start_span(f"invoke_agent {name}", attributes={
             "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name, RUN_ID: run_id,
             "tether.policy.hash": pol.hash, "tether.tenant": tenant, "tether.session": True})  # fmt: skip
@@ -257,7 +261,7 @@ class Session:
         own = pipeline is None
         session = cls(db, run_id=session_id, name=row.workflow, tenant=row.tenant, principal=row.started_by,
                       agent=row.input.get("agent", "agent"), policy=pol, tools=registry, journal=journal,
-                      pipeline=pipeline or governed_pipeline(db, registry, secrets), tracing=tracing or Tracing(),
+                      pipeline=pipeline or governed_pipeline(db, registry, secrets), tracing=tracing or _process_tracing(),
                       deps=deps, trace_ids=(row.trace_id, row.root_span_id), max_calls=max_calls, close_pipeline=own,
                       meter=RunMeter(load_prices(), row.cost_ceiling_usd, row.cost_usd or 0.0, row.tokens or 0))  # fmt: skip
         session.status = row.status
@@ -272,10 +276,7 @@ class Session:
             if e.kind == "label":
                 self.provenance.add(e.data["value"], e.data["source"], e.data["trust"], scope=e.data.get("scope"))
             elif e.kind == "proposal" and e.call_id:
-                d = e.data
-                proposals[e.call_id] = ToolCall(call_id=e.call_id, tool=d["tool"], args=d["args"], proposer=d["proposer"],
-                                                risk_context=d.get("risk_context") or {}, provenance=d.get("provenance"),
-                                                facts=d.get("facts") or {})  # fmt: skip
+                proposals[e.call_id] = recorded_call(e)
             elif e.kind == "approval_requested" and e.call_id in proposals:
                 self._pending[e.data["approval_id"]] = proposals[e.call_id]
             elif e.kind == "result" and e.call_id in proposals:
@@ -400,7 +401,10 @@ class Session:
         self._check_open()
         if trust not in ("trusted", "untrusted"):
             raise WorkflowError(f"trust must be 'trusted' or 'untrusted', got {trust!r}")
-        value = pydantic_core.to_jsonable_python(value)
+        try:
+            value = plain_json(value)
+        except (TypeError, ValueError) as e:
+            raise WorkflowError(f"a label's value must be JSON: {e}") from None
         self.provenance.add(value, source, trust, scope=scope)
         self._journal.add("label", None, {"source": source, "trust": trust, "value": value, "scope": scope})
         self._flush()  # a reopened session must know it too

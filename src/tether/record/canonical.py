@@ -7,8 +7,10 @@ language that implements JCS.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
+import pydantic_core
 import rfc8785
 from pydantic import BaseModel
 
@@ -22,6 +24,17 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     return value
+
+
+def plain_json(value: Any) -> Any:
+    """`value` as plain JSON (datetimes and decimals as text, models dumped), or ValueError /
+    TypeError for what JSON cannot hold (NaN, infinities, arbitrary objects)."""
+    try:
+        out = pydantic_core.to_jsonable_python(value)
+    except pydantic_core.PydanticSerializationError as e:
+        raise TypeError(str(e)) from None
+    json.dumps(out, allow_nan=False)
+    return out
 
 
 def canonical_json(value: Any) -> bytes:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import dataclasses
-import json
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-import pydantic_core
-
 from tether.errors import Retryable
+from tether.record.canonical import plain_json
 from tether.tools.registry import ToolRegistry
 from tether.tools.secrets import EnvSecrets, scrub
 from tether.tools.tool import Grant, Tool, ToolContext
@@ -30,13 +28,6 @@ Outcome = tuple[CallStatus, Any, str | None, float]  # status, output, error, du
 Executor = Callable[[Tool, ToolContext[Any], Any], Outcome]
 
 __all__ = ["Executor", "Outcome", "ToolProxy"]
-
-
-def _plain(value: Any) -> Any:
-    """Plain JSON values (datetimes and decimals as text, models dumped); NaN refused."""
-    out = pydantic_core.to_jsonable_python(value)
-    json.dumps(out, allow_nan=False)  # raises ValueError on NaN/inf, TypeError on anything odd
-    return out
 
 
 class ToolProxy:
@@ -116,7 +107,7 @@ class ToolProxy:
             retryable = isinstance(e, (Retryable, *t.retry.on))
             return "error", None, scrub(f"{type(e).__name__}: {e}"), retryable
         try:
-            return "ok", _plain(out), None, False
+            return "ok", plain_json(out), None, False
         except (TypeError, ValueError) as e:
             # The effect happened but its output cannot be recorded: say so rather than crash.
             return "error", None, f"{t.name} returned output that is not JSON ({e})", False
